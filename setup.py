@@ -1,0 +1,79 @@
+"""Build the compiled engine from src/fastsock/*.pyx.
+
+Every ``src/fastsock/NAME.pyx`` becomes the extension ``fastsock.NAME``.
+The build never fails for want of the compiled engine: with
+``FASTSOCK_NO_EXTENSIONS=1``, without Cython, or when compiling fails, the
+package installs with the pure-Python engine alone and says so.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join("src", "fastsock")
+
+
+def _warn(message):
+    bar = "*" * 72
+    print(f"\n{bar}\nfastsock: {message}\n"
+          "fastsock: installing the pure-Python engine only.\n"
+          f"{bar}\n", file=sys.stderr)
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that degrades to the pure engine instead of failing."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # no compiler, missing headers, ...
+            _warn(f"the compiled engine could not be built ({exc})")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            _warn(f"{ext.name} could not be built ({exc})")
+
+
+def extensions():
+    if os.environ.get("FASTSOCK_NO_EXTENSIONS", "") not in ("", "0"):
+        _warn("FASTSOCK_NO_EXTENSIONS is set")
+        return []
+    sources = sorted(glob.glob(os.path.join(HERE, SRC, "*.pyx")))
+    if not sources:
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        _warn("Cython is not installed")
+        return []
+    from setuptools import Extension
+
+    exts = [
+        Extension(
+            "fastsock." + os.path.splitext(os.path.basename(path))[0],
+            [os.path.relpath(path, HERE)],
+            include_dirs=[os.path.join(SRC, "includes")],
+        )
+        for path in sources
+    ]
+    return cythonize(
+        exts,
+        include_path=[SRC],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "embedsignature": True,
+        },
+        quiet=True,
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -1,0 +1,53 @@
+"""fastsock's public API matches the running interpreter's socketserver."""
+
+import inspect
+import socketserver
+
+import pytest
+
+import fastsock
+
+
+def test_all_names_match_stdlib():
+    assert sorted(fastsock.__all__) == sorted(socketserver.__all__)
+
+
+def test_every_exported_name_is_fastsock_own():
+    # The equivalent of CPython's MiscTestCase.test_all: every public class
+    # comes from fastsock itself, none is the stdlib's object re-exported.
+    for name in fastsock.__all__:
+        ours = getattr(fastsock, name)
+        assert ours is not getattr(socketserver, name), name
+        assert ours.__module__.startswith("fastsock"), name
+        assert ours.__name__ == name
+
+
+def _public_attrs(cls):
+    return {name for klass in cls.__mro__ if klass is not object
+            for name in vars(klass) if not name.startswith("_")}
+
+
+@pytest.mark.parametrize("name", socketserver.__all__)
+def test_class_has_stdlib_attributes_and_defaults(name):
+    theirs, ours = getattr(socketserver, name), getattr(fastsock, name)
+    missing = _public_attrs(theirs) - _public_attrs(ours)
+    assert not missing, f"{name} lacks {sorted(missing)}"
+    for attr in _public_attrs(theirs):
+        their_value = getattr(theirs, attr)
+        if callable(their_value):
+            assert inspect.signature(getattr(ours, attr)) == \
+                inspect.signature(their_value), f"{name}.{attr}"
+        else:
+            assert getattr(ours, attr) == their_value, f"{name}.{attr}"
+
+
+@pytest.mark.parametrize("name", socketserver.__all__)
+def test_mro_mirrors_stdlib(name):
+    theirs, ours = getattr(socketserver, name), getattr(fastsock, name)
+    their_names = [k.__name__ for k in theirs.__mro__]
+    our_names = [k.__name__ for k in ours.__mro__]
+    assert our_names == their_names
+
+
+def test_backend_names_an_available_engine():
+    assert fastsock.BACKEND in fastsock._backend.available()
