@@ -45,6 +45,10 @@ def extensions():
         _warn("FASTSOCK_NO_EXTENSIONS is set")
         return []
     sources = sorted(glob.glob(os.path.join(HERE, SRC, "*.pyx")))
+    only = os.environ.get("FASTSOCK_BUILD_ONLY")  # e.g. "_cio": one module
+    if only:
+        sources = [p for p in sources
+                   if os.path.basename(p) == only + ".pyx"]
     if not sources:
         return []
     try:

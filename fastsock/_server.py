@@ -153,13 +153,14 @@ class BaseServer:
         """Take one ready request through get/verify/process.
 
         Called once the socket is known to be readable.  A failing
-        get_request() drops the turn; an Exception from process_request() is
+        get_request() goes to _accept_failed(); an Exception from process_request() is
         reported by handle_error() and the request shut down; anything else
         (SystemExit, KeyboardInterrupt) shuts the request down and propagates.
         """
         try:
             request, client_address = self.get_request()
-        except OSError:
+        except OSError as exc:
+            self._accept_failed(exc)
             return
         if not self.verify_request(request, client_address):
             self.shutdown_request(request)
@@ -172,6 +173,12 @@ class BaseServer:
         except BaseException:
             self.shutdown_request(request)
             raise
+
+    def _accept_failed(self, exc):
+        """get_request() raised ``exc`` (an OSError): drop this turn.
+
+        Both engines report every failed accept or receive here.
+        """
 
     def handle_timeout(self):
         """Called when handle_request() waited ``timeout`` for nothing."""
