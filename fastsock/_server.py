@@ -21,7 +21,9 @@ The ``rfile``/``wfile`` objects of ``StreamRequestHandler`` also come from
 the engine.
 """
 
+import errno
 import io
+import logging
 import os
 import socket
 import sys
@@ -30,12 +32,37 @@ import traceback
 from time import monotonic
 
 from . import _backend
-from ._workers import WorkerPool
+from ._workers import ChildReaper, WorkerPool
 
 _PY311 = sys.version_info >= (3, 11)
 _PY312 = sys.version_info >= (3, 12)
 _HAS_FORK = hasattr(os, "fork")
 _HAS_UNIX = hasattr(socket, "AF_UNIX")
+
+# What goes wrong in the server itself, rather than in a request (which
+# handle_error() reports): resource shortages, failed TLS handshakes.
+_log = logging.getLogger("fastsock")
+
+
+def _errnos(*names):
+    """The errno values called ``names``, with Windows' WSA twins."""
+    return frozenset(getattr(errno, prefix + name)
+                     for name in names for prefix in ("", "WSA")
+                     if hasattr(errno, prefix + name))
+
+
+# Failed accepts (or receives), by what _accept_failed() does about them.
+_OUT_OF_DESCRIPTORS = _errnos("EMFILE", "ENFILE")
+_OUT_OF_MEMORY = _errnos("ENOBUFS", "ENOMEM")
+_LISTENER_UNUSABLE = _errnos("EBADF", "ENOTSOCK", "EINVAL")
+# Back-off while a shortage lasts: the first pause, and the longest.
+_BACKOFF_FIRST = 0.01
+_BACKOFF_MAX = 1.0
+# A shortage this long after the previous one starts a new episode: logged
+# again, back-off from the first pause.  Longer than the longest pause, so
+# that an episode spent backing off stays one episode.
+_SHORTAGE_EPISODE_GAP = 2 * _BACKOFF_MAX
+_SO_ACCEPTCONN = getattr(socket, "SO_ACCEPTCONN", None)
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer",
            "ThreadingUDPServer", "ThreadingTCPServer",
@@ -48,6 +75,14 @@ if _HAS_UNIX:
                 "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"]
     if _HAS_FORK and _PY312:
         __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
+
+
+def _open_reserve():
+    """A spare descriptor to give back when out of them, or None."""
+    try:
+        return open(os.devnull, "rb", buffering=0)
+    except OSError:
+        return None
 
 
 class BaseServer:
@@ -153,9 +188,10 @@ class BaseServer:
         """Take one ready request through get/verify/process.
 
         Called once the socket is known to be readable.  A failing
-        get_request() goes to _accept_failed(); an Exception from process_request() is
-        reported by handle_error() and the request shut down; anything else
-        (SystemExit, KeyboardInterrupt) shuts the request down and propagates.
+        get_request() goes to _accept_failed(); an Exception from
+        process_request() is reported by handle_error() and the request shut
+        down; anything else (SystemExit, KeyboardInterrupt) shuts the request
+        down and propagates.
         """
         try:
             request, client_address = self.get_request()
@@ -174,11 +210,70 @@ class BaseServer:
             self.shutdown_request(request)
             raise
 
-    def _accept_failed(self, exc):
-        """get_request() raised ``exc`` (an OSError): drop this turn.
+    # The current accept back-off (seconds) and when the last shortage was
+    # reported (monotonic), for _accept_failed().
+    _backoff = 0.0
+    _last_shortage = None
 
-        Both engines report every failed accept or receive here.
+    def _accept_failed(self, exc):
+        """get_request() raised ``exc`` (an OSError): decide what follows.
+
+        Both engines report every failed accept or receive here, so the
+        policy is the same whichever runs the loop:
+
+        - Out of descriptors (EMFILE, ENFILE): the connection that could
+          not be taken is shed (``_shed_connection``), so that its client
+          learns at once and the listening socket stops waking the loop.
+          Where nothing could be shed, ``serve_forever()`` stops accepting
+          for a while instead: 10 ms, doubling up to 1 s while the shortage
+          lasts (gevent's back-off).  Accepting resumes as soon as a
+          descriptor is free, or at the latest when the pause ends.
+        - Out of memory (ENOBUFS, ENOMEM): the same back-off.
+        - The server socket itself unusable (EBADF, ENOTSOCK or EINVAL, and
+          ``_listener_broken()`` confirms it: closed, or not listening):
+          OSError, which ends serve_forever() or handle_request() instead
+          of letting them spin on a socket that can never deliver.
+        - Anything else (ECONNABORTED, EPROTO, EINTR, EAGAIN, ...) concerns
+          one connection: the turn is dropped, as the standard library does.
+
+        A shortage is logged as a warning on the ``fastsock`` logger once
+        per episode; an episode ends after 2 s without a shortage.
+        Outside serve_forever() there is no back-off: handle_request()
+        returns and its caller decides when to call it again.
         """
+        code = exc.errno
+        if code in _OUT_OF_DESCRIPTORS or code in _OUT_OF_MEMORY:
+            self._resource_shortage(exc)
+        elif code in _LISTENER_UNUSABLE and self._listener_broken():
+            raise OSError(code, f"cannot accept on {self.server_address!r}: "
+                          f"the server socket is closed or not listening "
+                          f"({exc.strerror})") from exc
+
+    def _resource_shortage(self, exc):
+        """Shed the request that ``exc`` kept out, or back off; log once."""
+        now = monotonic()
+        last, self._last_shortage = self._last_shortage, now
+        if last is None or now - last > _SHORTAGE_EPISODE_GAP:
+            self._backoff = 0.0
+            _log.warning("server at %r: %s; shedding or holding back new "
+                         "requests until it passes", self.server_address, exc)
+        if exc.errno in _OUT_OF_DESCRIPTORS and self._shed_connection():
+            return
+        self._backoff = min(max(2 * self._backoff, _BACKOFF_FIRST),
+                            _BACKOFF_MAX)
+        self._pause_accepting(now + self._backoff)
+
+    def _shed_connection(self):
+        """Drop one pending request when out of descriptors; return whether
+        one was dropped.  A server with no connections to drop cannot."""
+        return False
+
+    def _listener_broken(self):
+        """Whether the server socket can no longer deliver requests.
+
+        Unknown here: assume it can, as the standard library does.
+        """
+        return False
 
     def handle_timeout(self):
         """Called when handle_request() waited ``timeout`` for nothing."""
@@ -232,6 +327,29 @@ class TCPServer(BaseServer):
     ``address_family``, ``socket_type``, ``request_queue_size`` (the listen
     backlog), ``allow_reuse_address`` and ``allow_reuse_port``.
     ``bind_and_activate=False`` leaves binding and listening to the caller.
+
+    Out of descriptors: from ``server_activate()`` to ``server_close()`` a
+    listening server holds one spare descriptor (on the null device), its
+    reserve.  When accept() fails with EMFILE or ENFILE, the reserve is
+    closed, the waiting connection accepted and closed, and the reserve
+    reopened (libuv's technique): the client is told at once, and the loop
+    neither spins on a readable socket nor stops.  The reserve costs one
+    descriptor per server and is taken before it is needed, which is the
+    only time it can be.
+
+    TLS (a fastsock extension): with ``tls_context`` set to a server-side
+    ``ssl.SSLContext``, ``get_request()`` wraps each accepted connection
+    without any I/O, and ``finish_request()`` performs the handshake, in the
+    thread or process that serves the request, within
+    ``tls_handshake_timeout`` seconds (None: no limit).  A client that
+    connects and says nothing then delays nobody but itself (a plain
+    server, which has nobody else to serve meanwhile, waits at most the
+    timeout).  A failed handshake is logged at INFO level on the
+    ``fastsock`` logger and the connection closed.  A connection that is
+    already an ``ssl.SSLSocket`` (a listening socket wrapped by the
+    application) is never wrapped again; one that reaches finish_request()
+    unwrapped (a get_request() of the application's own) is refused rather
+    than served in clear.  Set ``tls_context`` before serving.
     """
 
     address_family = socket.AF_INET
@@ -240,6 +358,9 @@ class TCPServer(BaseServer):
     allow_reuse_address = False
     if _PY311:
         allow_reuse_port = False
+    tls_context = None
+    tls_handshake_timeout = 10.0
+    _reserve = None
 
     def __init__(self, server_address, RequestHandlerClass,
                  bind_and_activate=True):
@@ -265,12 +386,17 @@ class TCPServer(BaseServer):
         self.server_address = sock.getsockname()
 
     def server_activate(self):
-        """Listen with a backlog of ``request_queue_size``."""
+        """Listen with a backlog of ``request_queue_size``; take a reserve."""
         self.socket.listen(self.request_queue_size)
+        if self._reserve is None:
+            self._reserve = _open_reserve()
 
     def server_close(self):
-        """Close the listening socket."""
+        """Close the listening socket and the reserve descriptor."""
         self.socket.close()
+        reserve, self._reserve = self._reserve, None
+        if reserve is not None:
+            reserve.close()
 
     def fileno(self):
         """The listening socket's descriptor, for select() and friends."""
@@ -278,7 +404,91 @@ class TCPServer(BaseServer):
 
     def get_request(self):
         """Accept a connection: return ``(connection, client_address)``."""
-        return self.socket.accept()
+        connection, client_address = self.socket.accept()
+        if self.tls_context is not None:
+            connection = self._wrap_tls(connection)
+        return connection, client_address
+
+    def finish_request(self, request, client_address):
+        """Complete a pending TLS handshake, then build the request handler."""
+        if (self.tls_context is not None
+                and not self._tls_ready(request, client_address)):
+            return
+        super().finish_request(request, client_address)
+
+    def _wrap_tls(self, connection):
+        """Wrap a new connection in ``tls_context``, with no I/O yet."""
+        import ssl
+        if isinstance(connection, ssl.SSLSocket):
+            return connection
+        try:
+            return self.tls_context.wrap_socket(
+                connection, server_side=True, do_handshake_on_connect=False)
+        except BaseException:
+            connection.close()  # a no-op once wrap_socket() has taken it
+            raise
+
+    def _tls_ready(self, connection, client_address):
+        """Handshake within ``tls_handshake_timeout`` unless done already;
+        return whether the connection can be served."""
+        import ssl
+        if not isinstance(connection, ssl.SSLSocket):
+            # Never serve in clear what should be encrypted.
+            _log.error("connection from %r refused: it did not go through "
+                       "TCPServer.get_request(), which applies tls_context",
+                       client_address)
+            return False
+        if connection.version() is not None:
+            return True
+        timeout = connection.gettimeout()
+        connection.settimeout(self.tls_handshake_timeout)
+        try:
+            connection.do_handshake()
+        except OSError as exc:  # SSLError, TimeoutError, ConnectionError
+            _log.info("TLS handshake with %r failed: %s", client_address, exc)
+            return False
+        connection.settimeout(timeout)
+        return True
+
+    def _shed_connection(self):
+        """Accept and close one waiting connection, using the reserve.
+
+        The reserve is closed so that accept() has a descriptor, and
+        reopened once the connection is closed; if another thread took the
+        descriptor meanwhile, nothing is shed and the reserve is tried again
+        at the next shortage.  Only a connection that poll() reports waiting
+        is accepted, so this does not block (unless another process sharing
+        the socket takes that connection first).
+        """
+        if self.socket.type != socket.SOCK_STREAM:
+            return False
+        if self._reserve is None:
+            self._reserve = _open_reserve()
+            if self._reserve is None:
+                return False
+        self._reserve.close()
+        try:
+            if _backend.engine().wait_readable(self.fileno(), 0):
+                # The plain accept(): an SSL listener's would handshake.
+                connection, _ = socket.socket.accept(self.socket)
+                connection.close()
+                return True
+        except OSError:
+            pass
+        finally:
+            self._reserve = _open_reserve()
+        return False
+
+    def _listener_broken(self):
+        """Whether the socket is closed or, for a stream, not listening."""
+        sock = self.socket
+        try:
+            if sock.type == socket.SOCK_STREAM and _SO_ACCEPTCONN is not None:
+                return not sock.getsockopt(socket.SOL_SOCKET, _SO_ACCEPTCONN)
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        except OSError:
+            return True
+        return False
 
     def shutdown_request(self, request):
         """Send FIN, then close; close() alone could leave it to the GC."""
@@ -324,46 +534,69 @@ if _HAS_FORK:
     class ForkingMixIn:
         """Mix-in that runs each request in a child process.
 
-        At most ``max_children`` children run at once: when that many are
-        alive the server waits for one to exit before taking the next
-        request.  Exited children are reaped on every loop turn.
-        ``server_close()`` waits for all of them when ``block_on_close``.
+        At most ``max_children`` children are alive at once.  When that many
+        are, the server stops accepting, leaving new connections in the
+        listen backlog (datagrams in the socket buffer) instead of waiting
+        in ``waitpid`` as the standard library does: the loop keeps
+        answering ``shutdown()`` and looks for exited children every
+        ``_full_recheck_interval`` seconds until one has gone.  Should a
+        request arrive anyway (``handle_request()``, a loop started with the
+        server full, or a loop held up past the end of a pause),
+        ``process_request`` waits for a child to exit before forking.
+
+        Exited children are reaped on every loop turn for the cost of the
+        children that exited, not of all of them (``_workers.ChildReaper``),
+        and never with ``waitpid(-1)``, so the application's own children
+        are left alone.  ``server_close()`` waits for all of them when
+        ``block_on_close``.
         """
 
         timeout = 300
         active_children = None
         max_children = 40
         block_on_close = True
+        _reaper = None
+        # While full: how long each pause lasts before exited children are
+        # looked for again, and the monotonic deadline of the current one.
+        _full_recheck_interval = 0.01
+        _full_pause_until = None
 
         def collect_children(self, *, blocking=False):
-            """Reap exited children; block while there are too many alive."""
+            """Reap exited children (``blocking``: wait for all of them)."""
             children = self.active_children
             if children is None:
                 return
-            # Over the limit: wait for any child to exit, one at a time.
-            while len(children) >= self.max_children:
-                try:
-                    pid, _ = os.waitpid(-1, 0)
-                except ChildProcessError:
-                    children.clear()  # none left to wait for
-                except OSError:
-                    break
-                else:
-                    children.discard(pid)
-            # Then reap ours that have exited (or, blocking, all of ours).
-            # Waiting on each pid, not on -1, leaves other children of the
-            # process to whoever started them.
-            flags = 0 if blocking else os.WNOHANG
-            for pid in list(children):
-                try:
-                    reaped, _ = os.waitpid(pid, flags)
-                except ChildProcessError:
-                    children.discard(pid)  # reaped by someone else
-                except OSError:
-                    continue
-                else:
-                    if reaped:
-                        children.discard(pid)
+            if blocking:
+                self._child_reaper().reap_all(children)
+            else:
+                self._child_reaper().reap(children)
+                self._pause_while_full()
+
+        def _child_reaper(self):
+            reaper = self._reaper
+            if reaper is None:
+                reaper = self._reaper = ChildReaper()
+            return reaper
+
+        def _pause_while_full(self):
+            """Stop accepting while ``max_children`` children are alive.
+
+            Each pause ends after ``_full_recheck_interval`` and is renewed
+            by the service_actions() of the loop turn that it ends while the
+            server is still full: the loop wakes up to look for exited
+            children without spinning.
+            """
+            children = self.active_children
+            if children and len(children) >= self.max_children:
+                now = monotonic()
+                until = self._full_pause_until
+                if until is None or now >= until:
+                    until = now + self._full_recheck_interval
+                    self._full_pause_until = until
+                    self._pause_accepting(until)
+            elif self._full_pause_until is not None:
+                self._full_pause_until = None
+                self._resume_accepting()
 
         def handle_timeout(self):
             """An idle server reaps its children."""
@@ -375,11 +608,19 @@ if _HAS_FORK:
 
         def process_request(self, request, client_address):
             """Fork; the child finishes the request and exits."""
+            children = self.active_children
+            if children is None:
+                children = self.active_children = set()
+            reaper = self._child_reaper()
+            while children and len(children) >= self.max_children:
+                reaper.reap(children)
+                if len(children) >= self.max_children:
+                    reaper.wait()
             pid = os.fork()
             if pid:
-                if self.active_children is None:
-                    self.active_children = set()
-                self.active_children.add(pid)
+                children.add(pid)
+                reaper.track(pid)
+                self._pause_while_full()
                 self.close_request(request)
                 return
             # In the child: never return into the server loop.
@@ -398,6 +639,9 @@ if _HAS_FORK:
         def server_close(self):
             super().server_close()
             self.collect_children(blocking=self.block_on_close)
+            reaper, self._reaper = self._reaper, None
+            if reaper is not None:
+                reaper.close()
 
 
 class _NoThreads:
@@ -416,20 +660,31 @@ class _NoThreads:
 class ThreadingMixIn:
     """Mix-in that runs each request in a thread of its own.
 
-    Threads are reused (``fastsock._workers``): a request goes to an idle
-    worker when there is one, and a new worker starts only when none is idle;
-    a worker idle for ``worker_idle_timeout`` seconds exits.  One request
-    runs per thread at a time and concurrency is unbounded, as in the
-    standard library, unless ``max_threads`` (a fastsock extension) is set:
-    then at most that many requests run at once, and while the limit is
-    reached the server stops accepting, leaving connections in the listen
-    backlog.  ``daemon_threads`` and ``block_on_close`` mean what they mean
-    in the standard library.
+    Threads are reused (``fastsock._workers.WorkerPool``): a request goes to
+    an idle worker when there is one, and a new worker starts only when none
+    is idle; a worker idle for ``worker_idle_timeout`` seconds (None: never)
+    exits.  One request runs per thread at a time, through
+    ``process_request_thread``.  ``daemon_threads`` and ``block_on_close``
+    mean what they mean in the standard library: ``server_close()`` waits
+    for every running request unless the threads are daemons or
+    ``block_on_close`` is false.
+
+    Concurrency is unbounded, as in the standard library, unless
+    ``max_threads`` (a fastsock extension) is set to a positive number:
+    then at most that many requests run at once.  While the limit is
+    reached, ``serve_forever()`` stops accepting, without spinning: new
+    connections wait in the listen backlog (datagrams, for a datagram
+    server, in the socket's receive buffer), and accepting resumes as soon
+    as a request finishes.  Outside ``serve_forever()`` (``handle_request()``)
+    or in a loop started while the limit was already reached,
+    ``process_request`` blocks until a request finishes.  ``max_threads`` is
+    read at each request.
     """
 
     daemon_threads = False
     block_on_close = True
     _threads = _NoThreads()
+    _workers = None
     max_threads = None
     worker_idle_timeout = 5.0
 
@@ -444,17 +699,18 @@ class ThreadingMixIn:
 
     def process_request(self, request, client_address):
         """Hand the request to a worker thread."""
-        pool = vars(self).get("_workers")
+        pool = self._workers
         if pool is None:
-            pool = self._workers = WorkerPool(self)
+            # setdefault: two threads calling handle_request() get one pool.
+            pool = vars(self).setdefault("_workers", WorkerPool(self))
             if self.block_on_close:
-                # What server_close() joins, and what len() counts.
+                # What server_close() waits for, and what len() counts.
                 self._threads = pool
         pool.submit(request, client_address)
 
     def server_close(self):
         super().server_close()
-        pool = vars(self).get("_workers")
+        pool = self._workers
         if pool is not None:
             pool.close(wait=self.block_on_close)
 

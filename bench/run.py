@@ -1,0 +1,899 @@
+"""Side-by-side load benchmark: stdlib socketserver against fastsock.
+
+    python bench/run.py          # full run, under 20 minutes; rewrites bench/RESULTS.md
+    python bench/run.py --quick  # under 2 minutes; writes bench/out/quick.* only
+    python bench/run.py --workload tcp-keepalive --server stdlib --server fastsock
+    python bench/run.py --list   # workloads, server classes and servers
+
+Every server runs in a process of its own, pinned to one CPU, on loopback;
+the load generator (``loadgen.c``, built here with the system compiler) runs
+pinned to another.  For each workload the runner starts every server, checks
+that each answers correctly under the load generator, then times them: per
+concurrency a short warm-up, then several repetitions interleaved across the
+servers, so that a slow phase of a shared machine hits all of them alike.
+The C echo server (``echo_server.c``) is measured the same way: it shows the
+load generator's ceiling.
+
+Output: a table on stdout (progress on stderr), a JSON file of every sample
+and summary, and a PNG chart when matplotlib is importable.  Which files:
+
+- full run (no --quick, no --workload/--server/--class/--concurrency):
+  ``bench/out/full.json``, ``bench/RESULTS.md`` and ``bench/RESULTS.png``;
+- ``--quick``: ``bench/out/quick.json`` and ``.png``;
+- filtered runs: ``bench/out/partial.json`` and ``.png``.
+
+``--results PATH`` writes a RESULTS.md-style report (and its chart beside it)
+for any run.  HTTP workloads are driven by wrk when it is on PATH and
+measurements last at least a second (wrk counts whole seconds), else by
+loadgen, which also checks every answer's body; the correctness check always
+uses loadgen.
+"""
+
+import argparse
+import ctypes
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import report
+from _build import BuildError, build
+from workloads import BY_NAME, WORKLOADS
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+OUT_DIR = BENCH_DIR / "out"
+SERVERS_PY = BENCH_DIR / "servers.py"
+WRK_SCRIPT = BENCH_DIR / "wrk_report.lua"
+
+
+@dataclass(frozen=True)
+class Server:
+    """One implementation under test (or for reference)."""
+
+    name: str
+    module: str | None  # module servers.py runs; None: the C echo server
+    engine: str | None  # what servers.py must report running
+    reference: bool = False
+
+
+SERVERS = [
+    Server("stdlib", "socketserver", "stdlib"),
+    Server("fastsock", "fastsock", "cython"),
+    Server("fastsock-pure", "fastsock", "python"),
+    Server("asyncio", "asyncio", "asyncio", reference=True),
+    Server("uvloop", "uvloop", "uvloop", reference=True),
+    Server("ceiling", None, None, reference=True),
+]
+SERVER_NAMES = [s.name for s in SERVERS]
+
+
+@dataclass
+class Settings:
+    duration: float  # seconds per timed measurement
+    reps: int  # measurements per server and concurrency
+    warmup: float  # seconds of untimed load before them
+    http_client: str  # "wrk" or "loadgen"
+    request_timeout: float = 5.0
+    sources: int = 64  # 127.0.0.x addresses for connection-per-request
+
+
+FULL = {"duration": 1.0, "reps": 3, "warmup": 0.25}
+QUICK = {"duration": 0.3, "reps": 2, "warmup": 0.1}
+QUICK_CONCURRENCY = 16
+CHECK_SECONDS = 20  # the correctness check's limit; it normally takes far less
+
+
+class HarnessError(RuntimeError):
+    """The benchmark itself could not do what it was asked."""
+
+
+def _die_with_parent():
+    """In a server's child process: get SIGKILL when the runner dies, so that
+    not even a killed runner leaves servers behind (Linux)."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+try:
+    _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+except OSError:
+    _libc = None
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerProcess:
+    """A server under test, in its own session so that it and any children
+    it forks can be killed together."""
+
+    def __init__(self, argv, env, log_path):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
+            )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def wait_ready(self, timeout):
+        """Read the READY line; return its fields after the word READY."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = (
+            self.proc.stdout.readline().decode(errors="replace").split()
+            if ready
+            else []
+        )
+        if not line or line[0] != "READY":
+            raise HarnessError(f"server did not start: {self.log_tail()}")
+        return line[1:]
+
+    def _stat_fields(self):
+        with open(f"/proc/{self.pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    def alive(self):
+        """Whether it still runs (without reaping it, so its pid stays ours)."""
+        try:
+            return self._stat_fields()[0] not in ("Z", "X")
+        except OSError:
+            return False
+
+    def cpu_seconds(self):
+        """User + system time of the server and of its reaped children."""
+        fields = self._stat_fields()
+        return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+    def has_children(self):
+        """Whether processes it forked (ForkingMixIn) are still around."""
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return bool(f.read().split())
+        except OSError:
+            return False
+
+    def settle(self, timeout=2.0, quiet=0.1, interval=0.05):
+        """Wait (up to timeout) until the server has used no CPU for ``quiet``
+        seconds and has no children left: finishing one run's connections
+        must not eat into the next server's run."""
+        deadline = time.monotonic() + timeout
+        before, quiet_since = self.cpu_seconds(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(interval)
+            now = self.cpu_seconds()
+            if now != before or self.has_children():
+                before, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet:
+                return
+
+    def peak_rss_mib(self):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return None
+
+    def log_tail(self, lines=5):
+        try:
+            text = Path(self.log_path).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(text[-lines:]) or "(no output)"
+
+    def stop(self):
+        """Kill the server and everything it forked, and reap it."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+@dataclass
+class Target:
+    """One server process: an implementation, a workload and a class."""
+
+    server: Server
+    workload: object
+    cls: str | None
+    concs: tuple
+    process: ServerProcess | None = None
+    address: str | None = None
+    failure: str | None = None
+
+    @property
+    def label(self):
+        return f"{self.server.name} {self.cls or ''}".strip()
+
+
+class Progress:
+    """One status line on stderr, rewritten in place on a terminal."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.start = self.last_print = time.monotonic()
+        self.tty = stream.isatty()
+
+    def show(self, text, advance=0):
+        self.done += advance
+        now = time.monotonic()
+        elapsed = now - self.start
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0
+        line = (
+            f"[{self.done}/{self.total}] {text}  "
+            f"elapsed {elapsed:.0f}s, about {eta:.0f}s left"
+        )
+        if self.tty:
+            width = shutil.get_terminal_size().columns - 1
+            self.stream.write("\r" + line[:width].ljust(width))
+            self.stream.flush()
+        elif now - self.last_print >= 5:
+            self.last_print = now
+            print(line, file=self.stream, flush=True)
+
+    def finish(self):
+        if self.tty:
+            self.stream.write(
+                "\r" + " " * (shutil.get_terminal_size().columns - 1) + "\r"
+            )
+            self.stream.flush()
+
+
+def cpus_for_pinning():
+    """(server CPU, load generator CPU), or None with fewer than two CPUs."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+def server_env(server):
+    env = os.environ.copy()
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(REPO_DIR), env.get("PYTHONPATH")])
+    )
+    env.pop("FASTSOCK_PURE", None)
+    if server.engine == "python":
+        env["FASTSOCK_PURE"] = "1"
+    return env
+
+
+class Bench:
+    """Starts, checks and times servers; collects samples and failures."""
+
+    def __init__(self, settings, pinning=None, workdir=None):
+        self.settings = settings
+        self.pinning = pinning
+        self.loadgen = build("loadgen")
+        self.echo_server = build("echo_server")
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fastsock-bench-"))
+        self.samples = []
+        self.failures = []
+        self.progress = None
+
+    # -- servers ---------------------------------------------------------
+
+    def start(self, target):
+        """Launch the target's server (returns at once; see wait_ready)."""
+        w, server = target.workload, target.server
+        name = f"{server.name}-{w.name}-{target.cls or 'ref'}"
+        address = (
+            str(self.workdir / f"{name}.sock")
+            if w.transport == "unix"
+            else "127.0.0.1:0"
+        )
+        family = "--unix" if w.transport == "unix" else "--inet"
+        if server.module is None:
+            argv = [
+                str(self.echo_server),
+                w.ceiling_mode,
+                family,
+                address,
+                "-s",
+                str(w.size),
+            ]
+        else:
+            argv = [sys.executable, str(SERVERS_PY), server.module, w.name, address]
+            if target.cls:
+                argv += ["--cls", target.cls]
+        target.process = ServerProcess(
+            argv, server_env(server), self.workdir / f"{name}.log"
+        )
+        if self.pinning:
+            os.sched_setaffinity(target.process.pid, {self.pinning[0]})
+
+    def wait_ready(self, target):
+        fields = target.process.wait_ready(timeout=30)
+        target.address = fields[0]
+        engine = fields[1] if len(fields) > 1 else None
+        if engine != target.server.engine:
+            raise HarnessError(
+                f"runs engine {engine!r}, expected {target.server.engine!r}"
+            )
+
+    def fail(self, target, reason):
+        target.failure = reason
+        self.failures.append(
+            {
+                "workload": target.workload.name,
+                "cls": target.cls,
+                "server": target.server.name,
+                "reason": reason,
+            }
+        )
+
+    # -- load ------------------------------------------------------------
+
+    def _loadgen_argv(self, target, conc, seconds, max_requests=None, max_errors=None):
+        w, s = target.workload, self.settings
+        family = "--unix" if w.transport == "unix" else "--inet"
+        argv = [
+            str(self.loadgen),
+            w.loadgen_mode,
+            family,
+            target.address,
+            "-c",
+            str(conc),
+            "-s",
+            str(w.size),
+            "-d",
+            str(seconds),
+            "-t",
+            str(s.request_timeout),
+            "-S",
+            str(s.sources),
+        ]
+        if max_requests:
+            argv += ["-n", str(max_requests)]
+        if max_errors:
+            argv += ["-e", str(max_errors)]
+        return argv
+
+    @staticmethod
+    def _loadgen_result(returncode, stdout, stderr):
+        if returncode != 0:
+            raise HarnessError(f"loadgen failed: {stderr.strip()}")
+        result = json.loads(stdout)
+        result["client"] = "loadgen"
+        return result
+
+    def run_loadgen(self, target, conc, seconds, **limits):
+        """Drive the target with loadgen; limits: max_requests, max_errors."""
+        done = subprocess.run(
+            self._loadgen_argv(target, conc, seconds, **limits),
+            capture_output=True,
+            check=False,
+            text=True,
+            timeout=seconds + self.settings.request_timeout + 30,
+        )
+        return self._loadgen_result(done.returncode, done.stdout, done.stderr)
+
+    def run_wrk(self, target, conc, seconds):
+        """Drive an HTTP workload with wrk; same result keys as loadgen."""
+        w = target.workload
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{conc}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            f"{self.settings.request_timeout:g}s",
+            "-s",
+            str(WRK_SCRIPT),
+            f"http://{target.address}/",
+        ]
+        closing = w.loadgen_mode == "http10"
+        if closing:
+            argv[1:1] = ["-H", "Connection: close"]
+        done = subprocess.run(
+            argv, capture_output=True, check=False, text=True, timeout=seconds + 60
+        )
+        lines = [x for x in done.stdout.splitlines() if x.startswith("WRK_RESULT ")]
+        if done.returncode != 0 or not lines:
+            raise HarnessError(
+                f"wrk failed: {done.stderr.strip() or done.stdout[-300:]}"
+            )
+        r = json.loads(lines[-1].split(" ", 1)[1])
+        # wrk reports every connection the server closes as a read error:
+        # for connection-per-request that is the normal end of a request.
+        errors = r["connect"] + r["write"] + r["status"] + r["timeout"]
+        errors += 0 if closing else r["read"]
+        elapsed = r["duration_us"] / 1e6
+        requests = r["requests"] - r["status"]
+        return {
+            "requests": requests,
+            "errors": errors,
+            "elapsed_s": elapsed,
+            "rps": requests / elapsed,
+            "p50_us": r["p50_us"],
+            "p99_us": r["p99_us"],
+            "first_error": "",
+            "client": "wrk",
+        }
+
+    def run_client(self, target, conc, seconds):
+        if target.workload.is_http and self.settings.http_client == "wrk":
+            return self.run_wrk(target, conc, seconds)
+        return self.run_loadgen(target, conc, seconds)
+
+    def check_all(self, targets):
+        """Fail every target that does not answer each request correctly, at
+        its highest concurrency.  Runs before anything is timed; the checks
+        run side by side, since they test answers, not speed."""
+        running = []
+        for target in targets:
+            if target.failure:
+                continue
+            conc = max(target.concs)
+            wanted = max(2 * conc, 40)
+            argv = self._loadgen_argv(target, conc, CHECK_SECONDS, wanted, max_errors=1)
+            running.append(
+                (
+                    target,
+                    wanted,
+                    subprocess.Popen(
+                        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                    ),
+                )
+            )
+        for target, wanted, proc in running:
+            try:
+                stdout, stderr = proc.communicate(timeout=CHECK_SECONDS + 30)
+                result = self._loadgen_result(proc.returncode, stdout, stderr)
+            except (HarnessError, subprocess.TimeoutExpired) as exc:
+                proc.kill()
+                proc.communicate()
+                self.fail(target, f"correctness check: {exc}")
+                continue
+            if result["errors"] or result["requests"] < wanted:
+                self.fail(
+                    target,
+                    f"correctness check: {result['requests']} of {wanted} "
+                    f"answers right, {result['errors']} errors "
+                    f"(first: {result['first_error'] or 'none'})",
+                )
+        for target, _, _ in running:
+            self._guarded(target, target.process.settle)
+
+    def warm_up(self, target, conc):
+        if self.settings.warmup > 0:
+            # loadgen even where wrk times: wrk cannot run under a second.
+            self.run_loadgen(target, conc, self.settings.warmup)
+            target.process.settle()
+
+    def measure(self, target, conc, rep):
+        """Time one run of the load generator; return the sample."""
+        process = target.process
+        cpu_before = process.cpu_seconds()
+        result = self.run_client(target, conc, self.settings.duration)
+        process.settle()  # the CPU time includes closing the run's connections
+        cpu = process.cpu_seconds() - cpu_before
+        requests = result["requests"]
+        return {
+            "workload": target.workload.name,
+            "cls": target.cls,
+            "server": target.server.name,
+            "conc": conc,
+            "rep": rep,
+            "rps": result["rps"],
+            "requests": requests,
+            "errors": result["errors"],
+            "elapsed_s": result["elapsed_s"],
+            "p50_us": result["p50_us"] if requests else None,
+            "p99_us": result["p99_us"] if requests else None,
+            "cpu_us_per_req": cpu * 1e6 / requests if requests else None,
+            "peak_rss_mib": process.peak_rss_mib(),
+            "first_error": result["first_error"],
+            "client": result["client"],
+        }
+
+    # -- orchestration ---------------------------------------------------
+
+    def start_all(self, targets):
+        """Start every target's server; fail those that do not come up."""
+        for target in targets:
+            self.start(target)
+        for target in targets:
+            try:
+                self.wait_ready(target)
+            except HarnessError as exc:
+                self.fail(target, str(exc))
+
+    def stop_all(self, targets):
+        for target in targets:
+            if target.process is not None:
+                target.process.stop()
+
+    def run_workload(self, workload, targets):
+        """Start, check and time every target of one workload."""
+        s = self.settings
+        try:
+            self.start_all(targets)
+            self._step(f"{workload.name}: checking every server's answers")
+            self.check_all(targets)
+            for conc in sorted({c for t in targets for c in t.concs}):
+                active = [t for t in targets if conc in t.concs]
+                for target in active:
+                    self._step(f"{workload.name} c={conc}: warming up {target.label}")
+                    self._guarded(target, self.warm_up, target, conc)
+                for rep in range(s.reps):
+                    # Rotate the order so that no server is always first.
+                    shift = rep % len(active)
+                    for target in active[shift:] + active[:shift]:
+                        self._measure_step(workload, target, conc, rep)
+        finally:
+            self.stop_all(targets)
+
+    def _measure_step(self, workload, target, conc, rep):
+        reps = self.settings.reps
+        text = f"{workload.name} c={conc}: {target.label} rep {rep + 1}/{reps}"
+        self._step(text)
+        sample = self._guarded(target, self.measure, target, conc, rep)
+        if sample is None:
+            self._step(text, advance=1)
+            return
+        self.samples.append(sample)
+        self._step(f"{text}: {report.format_rate(sample['rps'])} req/s", advance=1)
+
+    def _guarded(self, target, action, *args):
+        """Run action(*args) for a target that has not failed; a harness error
+        or the server's death fails the target instead of the whole run."""
+        if target.failure:
+            return None
+        try:
+            result = action(*args)
+        except (HarnessError, subprocess.TimeoutExpired) as exc:
+            self.fail(target, str(exc))
+            return None
+        if not target.process.alive():
+            self.fail(target, f"server exited: {target.process.log_tail()}")
+            return None
+        return result
+
+    def _step(self, text, advance=0):
+        if self.progress:
+            self.progress.show(text, advance)
+
+    def close(self):
+        """Remove the working folder (Unix sockets, server logs)."""
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def available_servers():
+    """({server name: why it cannot run here}, fastsock engines available)."""
+    missing = {}
+    sys.path.insert(0, str(REPO_DIR))
+    try:
+        from fastsock import _backend
+
+        engines = _backend.available()
+    finally:
+        sys.path.remove(str(REPO_DIR))
+    if "cython" not in engines:
+        missing["fastsock"] = (
+            f"compiled engine not built (fastsock._backend.available() "
+            f"is {engines}); build it with "
+            f"`python setup.py build_ext --inplace`"
+        )
+    if importlib.util.find_spec("uvloop") is None:
+        missing["uvloop"] = "uvloop is not installed"
+    return missing, engines
+
+
+def plan(args, skip):
+    """[(workload, [Target])] for what the command line selects."""
+    servers = [
+        s
+        for s in SERVERS
+        if s.name in (args.server or SERVER_NAMES) and s.name not in skip
+    ]
+    groups = []
+    for workload in WORKLOADS:
+        if args.workload and workload.name not in args.workload:
+            continue
+        classes = {}
+        for cls, concs in workload.classes.items():
+            if args.cls and cls not in args.cls:
+                continue
+            if args.quick:
+                concs = (
+                    (QUICK_CONCURRENCY,) if QUICK_CONCURRENCY in concs else concs[:1]
+                )
+            if args.concurrency:
+                concs = tuple(c for c in concs if c in args.concurrency)
+            if concs:
+                classes[cls] = concs
+        all_concs = tuple(sorted({c for concs in classes.values() for c in concs}))
+        targets = []
+        for server in servers:
+            if not server.reference:
+                targets += [
+                    Target(server, workload, cls, concs)
+                    for cls, concs in classes.items()
+                ]
+            elif all_concs and (server.name == "ceiling" or workload.asyncio_reference):
+                targets.append(Target(server, workload, None, all_concs))
+        if targets:
+            groups.append((workload, targets))
+    return groups
+
+
+def git_commit():
+    def git(*argv):
+        return subprocess.run(
+            ["git", "-C", str(REPO_DIR), *argv],
+            capture_output=True,
+            check=False,
+            text=True,
+        ).stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (with uncommitted changes)"
+    return commit
+
+
+def machine_description():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                x.split(":", 1)[1].strip() for x in f if x.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    return f"{model}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def wrk_version():
+    done = subprocess.run(
+        ["wrk", "--version"], capture_output=True, check=False, text=True
+    )
+    return (done.stdout + done.stderr).split("[")[0].strip()
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        description="Side-by-side load benchmark of socketserver implementations.",
+        epilog="Full run: rewrites bench/RESULTS.md; --quick and filtered runs do not "
+        "(see --results).",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="concurrency 16 (1 for one-connection-at-a-time servers), "
+        "short measurements: under 2 minutes",
+    )
+    parser.add_argument(
+        "--workload",
+        action="append",
+        choices=sorted(BY_NAME),
+        help="only this workload (repeatable)",
+    )
+    parser.add_argument(
+        "--server",
+        action="append",
+        choices=SERVER_NAMES,
+        help="only this server (repeatable)",
+    )
+    parser.add_argument(
+        "--class",
+        dest="cls",
+        action="append",
+        metavar="CLASS",
+        help="only this server class, e.g. ThreadingTCPServer (repeatable)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="only this concurrency (repeatable)",
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measurement")
+    parser.add_argument("--reps", type=int, help="measurements per server and case")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up per case")
+    parser.add_argument(
+        "--http-client",
+        choices=["auto", "wrk", "loadgen"],
+        default="auto",
+        help="auto: wrk when on PATH and measurements last >= 1 s",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=OUT_DIR,
+        help="folder for the JSON file and chart (default bench/out)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="write a RESULTS.md-style report here (default: "
+        "bench/RESULTS.md for a full run only)",
+    )
+    parser.add_argument(
+        "--list", action="store_true", help="list what can be run and exit"
+    )
+    return parser.parse_args(argv)
+
+
+def print_list():
+    print("Workloads (server classes: concurrencies):")
+    for w in WORKLOADS:
+        print(f"  {w.name:18} {w.title}")
+        for cls, concs in w.classes.items():
+            print(f"  {'':18}   {cls}: {', '.join(map(str, concs))}")
+    print("Servers:", ", ".join(SERVER_NAMES))
+
+
+def make_settings(args):
+    defaults = QUICK if args.quick else FULL
+    duration = args.duration or defaults["duration"]
+    http_client = args.http_client
+    if http_client == "auto":
+        http_client = "wrk" if shutil.which("wrk") and duration >= 1 else "loadgen"
+    return Settings(
+        duration=duration,
+        reps=args.reps or defaults["reps"],
+        warmup=defaults["warmup"] if args.warmup is None else args.warmup,
+        http_client=http_client,
+    )
+
+
+def describe_run(argv, settings, pinning, engines, load_before, wall_s, notes):
+    """The facts a reader needs to judge the numbers (meta of the JSON)."""
+    clients = "loadgen (bench/loadgen.c: epoll, closed loop, checks every byte)"
+    if settings.http_client == "wrk":
+        clients += f"; HTTP workloads: {wrk_version()} (-t1)"
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(["python", "bench/run.py", *argv]),
+        "commit": git_commit(),
+        "machine": machine_description(),
+        # Other work on the machine skews every number: say how much there was.
+        "load": (
+            f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+            f"(1-minute averages; {os.cpu_count()} CPUs)"
+        ),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "engines": engines,
+        "pinning": (
+            f"servers pinned to CPU {pinning[0]}, load generator to CPU {pinning[1]}"
+            if pinning
+            else "no pinning (fewer than 2 CPUs)"
+        ),
+        "clients": clients,
+        "settings": {
+            "duration_s": settings.duration,
+            "reps": settings.reps,
+            "warmup_s": settings.warmup,
+            "http_client": settings.http_client,
+            "request_timeout_s": settings.request_timeout,
+            "source_addresses": settings.sources,
+        },
+        "wall_s": wall_s,
+        "notes": notes,
+    }
+
+
+def print_report(summary, failures, notes):
+    print(report.render_text(*report.throughput_table(summary, failures)))
+    print()
+    print(report.legend_text())
+    print()
+    print(report.render_text(*report.detail_table(summary)))
+    for note in notes:
+        print(f"note: {note}")
+    for f in failures:
+        print(
+            f"note: FAILED {f['server']} {f['cls'] or ''} on {f['workload']}: "
+            f"{f['reason']}"
+        )
+
+
+def write_outputs(meta, bench, summary, out_dir, name, results_path):
+    """JSON file, chart and (when results_path) RESULTS.md; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if results_path:
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+    chart_path = (
+        results_path.with_suffix(".png") if results_path else out_dir / f"{name}.png"
+    )
+    chart_note = report.write_chart(chart_path, summary)
+    if chart_note:
+        meta["notes"].append(chart_note)
+        print(f"note: {chart_note}")
+    json_path = out_dir / f"{name}.json"
+    report.write_json(json_path, meta, bench.samples, summary, bench.failures)
+    written = [json_path] + ([] if chart_note else [chart_path])
+    if results_path:
+        chart_name = None if chart_note else chart_path.name
+        results_path.write_text(
+            report.results_markdown(meta, summary, bench.failures, chart_name)
+        )
+        written.append(results_path)
+    return written
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.list:
+        print_list()
+        return 0
+    settings = make_settings(args)
+    filtered = args.workload or args.server or args.cls or args.concurrency
+    name = "quick" if args.quick else "partial" if filtered else "full"
+    results_path = args.results or (
+        BENCH_DIR / "RESULTS.md" if name == "full" else None
+    )
+
+    skip, engines = available_servers()
+    notes = [
+        f"{server} skipped: {reason}"
+        for server, reason in skip.items()
+        if not args.server or server in args.server
+    ]
+    groups = plan(args, skip)
+    if not groups:
+        print(
+            "nothing to run: the filters select no server and workload", file=sys.stderr
+        )
+        return 2
+    pinning = cpus_for_pinning()
+    if pinning:
+        os.sched_setaffinity(0, {pinning[1]})  # the load generators inherit it
+    try:
+        bench = Bench(settings, pinning)
+    except BuildError as exc:
+        print(f"cannot build the load generator: {exc}", file=sys.stderr)
+        return 2
+
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    bench.progress = Progress(
+        sum(len(t.concs) * settings.reps for _, targets in groups for t in targets)
+    )
+    started = time.monotonic()
+    load_before = os.getloadavg()[0]
+    # A terminated runner still stops its servers (in run_workload's finally).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        for workload, targets in groups:
+            bench.run_workload(workload, targets)
+    except KeyboardInterrupt:
+        notes.append("interrupted: partial results")
+        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+        if not args.results:
+            results_path = None  # a partial run must not replace RESULTS.md
+    finally:
+        bench.progress.finish()
+        bench.close()
+
+    wall_s = round(time.monotonic() - started, 1)
+    meta = describe_run(argv, settings, pinning, engines, load_before, wall_s, notes)
+    summary = report.summarize(bench.samples)
+    print_report(summary, bench.failures, notes)
+    written = write_outputs(meta, bench, summary, args.out, name, results_path)
+    print(f"\n{wall_s:.0f} s; wrote " + ", ".join(map(str, written)))
+    return 1 if bench.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

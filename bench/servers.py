@@ -1,0 +1,197 @@
+"""The servers under test, one per process: ``python bench/servers.py ...``.
+
+    python bench/servers.py MODULE WORKLOAD ADDRESS [--cls CLASS]
+
+MODULE is ``socketserver`` or ``fastsock`` for the servers being compared,
+or ``asyncio`` / ``uvloop`` for the reference servers.  ADDRESS is
+``HOST:PORT`` (port 0 picks a free one) or, for Unix workloads, a path.
+
+The socketserver-style servers run the same code whatever MODULE is: the
+module is imported *as* ``socketserver`` (and put in ``sys.modules`` under
+that name before ``http.server`` is imported, so that ``http.server`` builds
+on it too), exactly as a user switching with ``import fastsock as
+socketserver`` would.  fastsock's engine is chosen by the environment
+(``FASTSOCK_PURE=1`` forces the pure one), and the engine actually running is
+reported so the benchmark can check it measured what it claims.
+
+Once listening, the process prints ``READY ADDRESS ENGINE`` on stdout and
+serves until it is killed.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+# Benchmark the checkout this file is in, not some installed copy.
+sys.path.insert(1, os.path.dirname(BENCH_DIR))
+
+from workloads import BY_NAME
+
+# Every server gets the same listen backlog: the default of 5 would make the
+# kernel drop connection attempts at high concurrency, and the benchmark
+# would measure SYN retransmission timers instead of the server.
+LISTEN_BACKLOG = 1024
+
+
+def http_body(size):
+    """The HTTP body every server sends, as the load generator expects it."""
+    return bytes(ord("a") + i % 26 for i in range(size))
+
+
+def socketserver_handler(socketserver, workload):
+    """The request handler class for ``workload``, built on ``socketserver``."""
+    if workload.handler == "one-line-echo":
+
+        class OneLineEcho(socketserver.StreamRequestHandler):
+            """Echo one line; the server then closes the connection."""
+
+            def handle(self):
+                self.wfile.write(self.rfile.readline())
+
+        return OneLineEcho
+
+    if workload.handler == "line-echo":
+
+        class LineEcho(socketserver.StreamRequestHandler):
+            """Echo every line until the client closes."""
+
+            def handle(self):
+                for line in self.rfile:
+                    self.wfile.write(line)
+
+        return LineEcho
+
+    if workload.handler == "datagram-echo":
+
+        class DatagramEcho(socketserver.DatagramRequestHandler):
+            """Send the datagram back."""
+
+            def handle(self):
+                self.wfile.write(self.rfile.read())
+
+        return DatagramEcho
+
+    import http.server
+
+    body = http_body(workload.size)
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        """Answer GET with a small fixed page, as a static page would be."""
+
+        protocol_version = "HTTP/1.0" if workload.handler == "http10" else "HTTP/1.1"
+        disable_nagle_algorithm = workload.handler == "http11-nodelay"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format, *args):
+            pass  # one log line per request would measure the terminal
+
+    return Page
+
+
+def parse_address(workload, address):
+    if workload.transport == "unix":
+        return address
+    host, port = address.rsplit(":", 1)
+    return host, int(port)
+
+
+def format_address(address):
+    return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
+
+
+def serve_socketserver(module_name, workload, class_name, address):
+    socketserver = importlib.import_module(module_name)
+    sys.modules["socketserver"] = socketserver
+    handler = socketserver_handler(socketserver, workload)
+    if workload.is_http:
+        import http.server
+
+        base = getattr(http.server, class_name)
+    else:
+        base = getattr(socketserver, class_name)
+    server_class = type(class_name, (base,), {"request_queue_size": LISTEN_BACKLOG})
+    server = server_class(parse_address(workload, address), handler)
+    engine = getattr(socketserver, "BACKEND", "stdlib")
+    print("READY", format_address(server.server_address), engine, flush=True)
+    server.serve_forever()
+
+
+def serve_asyncio(module_name, workload, address):
+    import asyncio
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class OneLineEcho(Echo):
+        buffer = b""
+
+        def data_received(self, data):
+            self.buffer += data
+            line, newline, _ = self.buffer.partition(b"\n")
+            if newline:
+                self.transport.write(line + newline)
+                self.transport.close()
+
+    class DatagramEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.transport.sendto(data, addr)
+
+    if module_name == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    target = parse_address(workload, address)
+    if workload.transport == "udp":
+        transport, _ = loop.run_until_complete(
+            loop.create_datagram_endpoint(DatagramEcho, local_addr=target)
+        )
+        bound = transport.get_extra_info("sockname")
+    else:
+        protocol = OneLineEcho if workload.handler == "one-line-echo" else Echo
+        if workload.transport == "unix":
+            start = loop.create_unix_server(protocol, target, backlog=LISTEN_BACKLOG)
+        else:
+            start = loop.create_server(protocol, *target, backlog=LISTEN_BACKLOG)
+        server = loop.run_until_complete(start)
+        bound = server.sockets[0].getsockname()
+    print("READY", format_address(bound), module_name, flush=True)
+    loop.run_forever()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "module", choices=["socketserver", "fastsock", "asyncio", "uvloop"]
+    )
+    parser.add_argument("workload", choices=sorted(BY_NAME))
+    parser.add_argument("address")
+    parser.add_argument("--cls", help="server class (socketserver-style modules)")
+    args = parser.parse_args(argv)
+    workload = BY_NAME[args.workload]
+    if args.module in ("asyncio", "uvloop"):
+        serve_asyncio(args.module, workload, args.address)
+    else:
+        if args.cls not in workload.classes:
+            parser.error(f"--cls must be one of {', '.join(workload.classes)}")
+        serve_socketserver(args.module, workload, args.cls, args.address)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""Tests of the benchmark harness itself: it must measure what it claims.
+
+They run with the normal suite and stay short: each starts a few servers on
+loopback, drives them for a fraction of a second and kills them by PID.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import report
+import run
+from _build import build, compiler
+from workloads import BY_NAME, WORKLOADS
+
+pytestmark = pytest.mark.skipif(
+    compiler() is None, reason="no C compiler to build loadgen"
+)
+
+
+@pytest.fixture
+def bench():
+    b = run.Bench(
+        run.Settings(duration=0.2, reps=1, warmup=0.05, http_client="loadgen")
+    )
+    yield b
+    b.close()
+
+
+def start_echo_server(bench, mode, *extra, unix=False):
+    """A C echo server as a Target the bench can drive; caller stops it."""
+    workload = {
+        "stream": BY_NAME["tcp-keepalive"],
+        "line": BY_NAME["tcp-cpr"],
+        "udp": BY_NAME["udp"],
+        "http": BY_NAME["http11"],
+    }[mode]
+    if unix:
+        workload = BY_NAME["unix-keepalive"]
+    target = run.Target(run.SERVERS[-1], workload, None, (4,))
+    address = str(bench.workdir / "echo.sock") if unix else "127.0.0.1:0"
+    family = "--unix" if unix else "--inet"
+    argv = [
+        str(bench.echo_server),
+        mode,
+        family,
+        address,
+        "-s",
+        str(workload.size),
+        *extra,
+    ]
+    target.process = run.ServerProcess(
+        argv, os.environ.copy(), bench.workdir / "echo.log"
+    )
+    target.address = target.process.wait_ready(timeout=10)[0]
+    return target
+
+
+LOADGEN_MODES = [
+    ("stream", "echo"),
+    ("line", "echo-cpr"),
+    ("udp", "udp"),
+    ("http", "http11"),
+    ("http", "http10"),
+]
+
+
+@pytest.mark.parametrize("server_mode, loadgen_mode", LOADGEN_MODES)
+def test_wrong_answers_are_errors_not_throughput(bench, server_mode, loadgen_mode):
+    target = start_echo_server(bench, server_mode, "--corrupt")
+    try:
+        target.workload = next(w for w in WORKLOADS if w.loadgen_mode == loadgen_mode)
+        result = bench.run_loadgen(target, conc=4, seconds=0.2)
+    finally:
+        target.process.stop()
+    assert result["errors"] > 0
+    assert result["requests"] == 0
+    assert result["rps"] == 0
+    assert result["first_error"]
+
+
+@pytest.mark.parametrize("server_mode, loadgen_mode", LOADGEN_MODES)
+def test_right_answers_are_counted(bench, server_mode, loadgen_mode):
+    target = start_echo_server(bench, server_mode)
+    try:
+        target.workload = next(w for w in WORKLOADS if w.loadgen_mode == loadgen_mode)
+        result = bench.run_loadgen(target, conc=8, seconds=5, max_requests=500)
+    finally:
+        target.process.stop()
+    assert result["errors"] == 0, result["first_error"]
+    assert result["requests"] >= 500
+    assert result["p50_us"] > 0 and result["p99_us"] >= result["p50_us"]
+
+
+def test_unix_socket_echo(bench):
+    target = start_echo_server(bench, "stream", unix=True)
+    try:
+        result = bench.run_loadgen(target, conc=4, seconds=5, max_requests=200)
+    finally:
+        target.process.stop()
+    assert result["errors"] == 0 and result["requests"] >= 200
+
+
+def test_answer_cut_short_is_an_error(bench):
+    """A server that sends half the echo and closes earns no throughput."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def serve_halves():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                line = conn.makefile("rb").readline()
+                conn.sendall(line[: len(line) // 2])
+
+    server = threading.Thread(target=serve_halves)
+    server.start()
+    try:
+        target = run.Target(run.SERVERS[0], BY_NAME["tcp-cpr"], None, (1,))
+        target.address = f"127.0.0.1:{listener.getsockname()[1]}"
+        result = bench.run_loadgen(target, conc=1, seconds=0.2)
+    finally:
+        stop.set()
+        server.join(10)
+        listener.close()
+    assert result["requests"] == 0
+    assert result["errors"] > 0
+    assert "short" in result["errors_by_kind"]
+
+
+def test_check_fails_a_server_that_answers_wrong(bench):
+    target = start_echo_server(bench, "stream", "--corrupt")
+    try:
+        bench.check_all([target])
+    finally:
+        target.process.stop()
+    assert target.failure and "correctness check" in target.failure
+    assert bench.failures[0]["server"] == target.server.name
+
+
+def _targets(workload, skip):
+    """Every server on every class of a workload, at concurrency 16 or 1."""
+    args = run.parse_args(
+        ["--workload", workload.name, "--concurrency", "1", "--concurrency", "16"]
+    )
+    return run.plan(args, skip)[0][1]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.name)
+def test_every_server_answers_correctly(bench, workload):
+    """What the runner checks before timing: every server it would measure
+    answers every request right, and runs the engine it claims to."""
+    skip, _ = run.available_servers()
+    targets = _targets(workload, skip)
+    try:
+        bench.start_all(targets)
+        bench.check_all(targets)
+    finally:
+        bench.stop_all(targets)
+    assert not bench.failures, bench.failures
+    measured = {t.server.name for t in targets}
+    assert {"stdlib", "fastsock-pure", "ceiling"} <= measured
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_stop_kills_forked_children(bench):
+    """A forking server's children die with it: the benchmark leaves no
+    processes behind."""
+    target = run.Target(
+        run.SERVERS[0], BY_NAME["tcp-keepalive"], "ForkingTCPServer", (1,)
+    )
+    bench.start(target)
+    bench.wait_ready(target)
+    pid = target.process.pid
+    host, port = target.address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as client:
+            client.sendall(b"ping\n")
+            assert client.recv(16) == b"ping\n"  # a child now serves us
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = [int(c) for c in f.read().split()]
+            assert children
+            target.process.stop()
+    finally:
+        target.process.stop()
+    deadline = time.monotonic() + 5
+    while any(map(_alive, children + [pid])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, children + [pid]))
+
+
+def test_summary_medians_ratios_and_ceiling_flag():
+    def sample(server, rps, cls="TCPServer", errors=0):
+        return {
+            "workload": "tcp-cpr",
+            "cls": cls,
+            "server": server,
+            "conc": 16,
+            "rep": 0,
+            "rps": rps,
+            "requests": int(rps),
+            "errors": errors,
+            "p50_us": 10.0,
+            "p99_us": 20.0,
+            "cpu_us_per_req": 5.0,
+            "peak_rss_mib": 10.0,
+            "client": "loadgen",
+        }
+
+    samples = [sample("stdlib", r) for r in (900, 1000, 1100)]
+    samples += [sample("fastsock", r) for r in (1900, 2000, 5000)]
+    samples += [sample("fastsock-pure", 500, errors=3)]
+    samples += [sample("ceiling", r, cls=None) for r in (2100, 2100, 2100)]
+    summary = report.summarize(samples)
+    fast = summary[("tcp-cpr", "TCPServer", "fastsock", 16)]
+    assert fast["rps"] == 2000
+    assert fast["vs_stdlib"] == pytest.approx(2.0)
+    assert fast["spread_pct"] == pytest.approx(77.5)
+    assert fast["at_ceiling"]  # 2000 is within 10% of 2100
+    pure = summary[("tcp-cpr", "TCPServer", "fastsock-pure", 16)]
+    assert not pure["at_ceiling"] and pure["errors"] == 3
+    header, rows = report.throughput_table(
+        summary,
+        [{"workload": "tcp-cpr", "cls": None, "server": "uvloop", "reason": "x"}],
+    )
+    cells = dict(zip(header, rows[0]))
+    assert cells["fastsock"] == "2k ±78% ×2.00*"
+    assert cells["fastsock pure"].endswith("!3")
+    assert cells["uvloop"] == "FAILED"
+
+
+def test_quick_plan_runs_one_concurrency_per_class():
+    groups = run.plan(run.parse_args(["--quick"]), skip={})
+    for workload, targets in groups:
+        for target in targets:
+            expected = (1,) if workload.classes.get(target.cls) == (1,) else (16,)
+            if target.cls is None:
+                assert set(target.concs) <= {1, 16}
+            else:
+                assert target.concs == expected, (workload.name, target.cls)
+    assert [w.name for w, _ in groups] == [w.name for w in WORKLOADS]
+
+
+def test_binaries_are_cached():
+    assert build("loadgen") == build("loadgen")
+
+
+def test_command_line_run_writes_table_json_and_report(tmp_path):
+    """A tiny end-to-end run of bench/run.py, in its own process."""
+    results = tmp_path / "RESULTS.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(run.BENCH_DIR / "run.py"),
+            "--workload",
+            "udp",
+            "--server",
+            "stdlib",
+            "--server",
+            "ceiling",
+            "--class",
+            "UDPServer",
+            "--concurrency",
+            "1",
+            "--duration",
+            "0.1",
+            "--reps",
+            "2",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "udp       UDPServer     1" in done.stdout
+    data = json.loads((tmp_path / "partial.json").read_text())
+    assert {(s["server"], s["rep"]) for s in data["samples"]} == {
+        ("stdlib", 0),
+        ("stdlib", 1),
+        ("ceiling", 0),
+        ("ceiling", 1),
+    }
+    assert all(s["errors"] == 0 and s["requests"] > 0 for s in data["samples"])
+    assert data["failures"] == []
+    assert "| udp | UDPServer | 1 |" in results.read_text()

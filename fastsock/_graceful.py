@@ -1,0 +1,167 @@
+"""Graceful stop: serve until a signal, then let running requests finish.
+
+``serve_until_signal(server, grace)`` runs ``server.serve_forever()`` in the
+main thread with handlers for SIGTERM and SIGINT installed.  The first such
+signal stops the loop: a helper thread calls ``server.shutdown()`` (the
+handler itself runs in the thread that serves, which shutdown() would wait
+for).  Requests already running then get until ``grace`` seconds after the
+signal to finish: a threading server's workers, a forking server's
+children, or, for a plain server, the request the loop was in, which
+shutdown() waits for.  Then the server is closed.
+
+At the deadline, or at a second signal: a forking server's remaining
+children are killed (SIGKILL, as gunicorn does once its graceful timeout is
+over), a plain server's request is interrupted with KeyboardInterrupt
+(which shuts its connection down), and the server is closed without waiting
+for worker threads, which nothing can stop from outside: they go on with
+their requests.  Non-daemon workers still hold up the interpreter's exit
+until they end, so a process that must leave at the deadline sets
+``daemon_threads`` or exits with ``os._exit()`` when this returns False.
+
+Connections that arrive once the loop has stopped wait in the listen
+backlog and are reset when the server closes.
+
+A forked child runs with the parent's handlers, which do nothing there: a
+child goes on with its request, and the parent decides its fate.
+"""
+
+import os
+import signal
+import threading
+from time import monotonic, sleep
+
+__all__ = ["serve_until_signal"]
+
+_DEFAULT_SIGNALS = tuple(getattr(signal, name)
+                         for name in ("SIGTERM", "SIGINT")
+                         if hasattr(signal, name))
+# How often running requests are looked at while waiting for them.
+_CHECK_INTERVAL = 0.01
+
+
+def serve_until_signal(server, grace=30.0, *, signals=_DEFAULT_SIGNALS,
+                       poll_interval=0.5):
+    """Serve until one of ``signals`` arrives, then stop gracefully.
+
+    Call it from the main thread (signal handlers can only be installed
+    there).  The previous handlers are restored on return.  ``grace`` is how
+    many seconds after the first signal running requests may take; a second
+    signal ends the wait at once.  Returns True when every request finished
+    in time, False when some were cut short or left running.  The server is
+    closed in every case, also when serve_forever() raises.
+    """
+    stop = _GracefulStop(server, grace)
+    previous = {}
+    try:
+        for signum in signals:
+            previous[signum] = signal.signal(signum, stop.on_signal)
+        try:
+            server.serve_forever(poll_interval)
+        except KeyboardInterrupt:
+            if not stop.cut_short.is_set():
+                raise  # not this function's doing
+        finally:
+            stop.loop_ended()
+        finished = stop.wait_for_requests()
+        if not finished:
+            server.block_on_close = False  # nothing left worth waiting for
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        server.server_close()
+    return finished
+
+
+class _GracefulStop:
+    """One serve_until_signal() call: what its signal handler, its helper
+    threads and the main thread share."""
+
+    def __init__(self, server, grace):
+        self._server = server
+        self._grace = grace
+        self._pid = os.getpid()
+        self._main_thread = threading.get_ident()
+        self._lock = threading.Lock()
+        self._serving = True  # the main thread is in serve_forever()
+        self._first_signal = None
+        self._deadline = None
+        self._interrupted = False  # a request in the loop was cut short
+        # Set at the deadline or at a second signal: stop waiting.
+        self.cut_short = threading.Event()
+
+    def on_signal(self, signum, frame):
+        """The handler of the signals; runs in the main thread."""
+        if os.getpid() != self._pid:
+            return  # a forked child: see the module docstring
+        if self._first_signal is None:
+            self._first_signal = signum
+            self._deadline = monotonic() + self._grace
+            threading.Thread(target=self._stop, daemon=True,
+                             name="fastsock graceful stop").start()
+            return
+        self.cut_short.set()
+        with self._lock:
+            serving = self._serving
+        if serving:
+            self._interrupted = True
+            raise KeyboardInterrupt  # ends the request the loop is in
+
+    def _stop(self):
+        """Stop the loop; interrupt it if it is still busy at the deadline."""
+        stopper = threading.Thread(target=self._server.shutdown, daemon=True,
+                                   name="fastsock shutdown")
+        stopper.start()
+        stopper.join(max(0.0, self._deadline - monotonic()))
+        if not stopper.is_alive():
+            return  # the loop ended in time
+        with self._lock:
+            if self._serving and not self.cut_short.is_set():
+                self._interrupt_main()
+
+    def _interrupt_main(self):
+        """Make the main thread run on_signal() again, which raises."""
+        if hasattr(signal, "pthread_kill"):
+            # A real signal, which also ends a blocking system call.
+            signal.pthread_kill(self._main_thread, self._first_signal)
+        else:
+            import _thread
+            _thread.interrupt_main(self._first_signal)
+
+    def loop_ended(self):
+        with self._lock:
+            self._serving = False
+        if self._deadline is None:  # stopped by someone else's shutdown()
+            self._deadline = monotonic() + self._grace
+
+    def wait_for_requests(self):
+        """Wait until the deadline for the server's running workers or
+        children; return whether they all finished.  Children still running
+        then are killed and reaped."""
+        server = self._server
+        pool = getattr(server, "_workers", None)
+        if pool is not None:
+            pool.close(wait=False)  # idle workers leave now, busy ones later
+        while self._requests_running(pool):
+            if self.cut_short.is_set() or monotonic() >= self._deadline:
+                self._kill_children()
+                return False
+            sleep(_CHECK_INTERVAL)
+        return not self._interrupted
+
+    def _requests_running(self, pool):
+        server = self._server
+        if getattr(server, "active_children", None):
+            server.collect_children()
+        return bool((pool is not None and len(pool))
+                    or getattr(server, "active_children", None))
+
+    def _kill_children(self):
+        children = getattr(self._server, "active_children", None)
+        if not children:
+            return
+        for pid in list(children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # it has just exited
+        self._server.collect_children(blocking=True)

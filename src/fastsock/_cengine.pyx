@@ -1,0 +1,473 @@
+"""The compiled engine: the serve_forever() loop in C.
+
+It waits in C (epoll, kqueue or poll(), see includes/poller.h) with the GIL
+released, on the listening socket and on a wake-up descriptor that stop(),
+pause_accepting() and resume_accepting() write to from any thread.
+
+It looks at which hooks the server keeps from fastsock's base classes, and
+takes each request one of two ways:
+
+- the generic way, when ``get_request``, ``_handle_request_noblock`` or
+  ``fileno`` is the server's own, when the listening socket is not a plain
+  ``socket.socket`` (an ``ssl.SSLSocket``, say), or when ``tls_context`` is
+  set (TCPServer.get_request() then does more than accept): the loop calls
+  ``server._handle_request_noblock()``, exactly as the pure engine does;
+- the compiled way otherwise: the connection is accepted (or the datagram
+  received) in C and the request goes through the same steps as
+  ``BaseServer._handle_request_noblock``.  A hook the server overrides is
+  called as such; a default one is done in place: no verify_request call,
+  the handler built directly for finish_request, shutdown(SHUT_WR) and
+  close() for shutdown_request.
+
+The choice is made when run() starts and made again whenever the server's
+class (or a base) is modified or a hook is set on or deleted from the
+instance: a class's version tag (includes/type_version.h) and a look at the
+instance's dict tell, per request, at the cost of a few dict lookups.
+
+On the compiled way one wake-up takes up to a batch of requests, one after
+the other, each only once the one before is done, and only while nothing
+asked the loop to stop or pause; what is not taken stays queued in the
+socket, as with the standard library.  A server with its own
+``service_actions`` takes one request per loop turn, since that hook may
+need to run between requests (ForkingMixIn caps its children there).
+"""
+
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject_AsFileDescriptor
+from libc.errno cimport EAGAIN, EINTR
+from libc.limits cimport INT_MAX
+from libc.math cimport ceil
+from libc.string cimport memset, strerror
+from posix.unistd cimport close
+
+from includes.posix_net cimport (
+    AF_INET, AF_INET6, AF_UNIX, EWOULDBLOCK, INET6_ADDRSTRLEN, SHUT_WR,
+    inet_ntop, ntohl, ntohs, shutdown, sockaddr, sockaddr_in, sockaddr_in6,
+    sockaddr_storage, sockaddr_un, socklen_t)
+from includes.poller cimport *
+from includes.type_version cimport fs_type_version
+
+import socket
+from time import monotonic
+
+NAME = "cython"
+
+try:
+    from fastsock._cio import stream_reader, stream_writer
+except ImportError:  # built without it: the pure engine's file objects
+    from fastsock._pyengine import stream_reader, stream_writer
+
+
+cdef extern from "Python.h":
+    object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+
+
+cdef extern from "<string.h>" nogil:
+    size_t strnlen(const char *s, size_t maxlen)
+
+
+cdef enum RequestPath:
+    GENERIC     # server._handle_request_noblock()
+    STREAM      # accept in C
+    DATAGRAM    # recvfrom in C
+
+# Requests taken per wake-up on the compiled way, at most.
+cdef int BATCH = 64
+
+# What the choice of path depends on, besides the server's class: names
+# that, set on the instance, override the class's.
+cdef tuple WATCHED = (
+    "_handle_request_noblock", "fileno", "get_request", "verify_request",
+    "process_request", "finish_request", "shutdown_request", "close_request",
+    "service_actions", "tls_context")
+
+cdef double INF = float("inf")
+cdef object SocketType = socket.socket
+cdef object getdefaulttimeout = socket.getdefaulttimeout
+cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
+cdef dict DEFAULTS = {}  # (base, name): the method as fastsock defines it
+
+
+cdef tuple _bases():
+    global BASES
+    if BASES is None:
+        # Imported late: fastsock._server imports the engines.
+        from fastsock._server import BaseServer, TCPServer, UDPServer
+        BASES = (BaseServer, TCPServer, UDPServer)
+    return BASES
+
+
+cdef bint _keeps(object server, str name, object base) except -1:
+    """Whether ``server.name`` is still ``base``'s own method."""
+    key = (base, name)
+    default = DEFAULTS.get(key)
+    if default is None:
+        # Kept from the first look, so that a later patch of the base class
+        # counts as an override.
+        default = DEFAULTS[key] = getattr(base, name)
+    return (getattr(type(server), name, None) is default
+            and name not in getattr(server, "__dict__", ()))
+
+
+cdef object _os_error(int err):
+    # OSError() picks the subclass for err, as PyErr_SetFromErrno does.
+    return OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+cdef int _timeout_ms(double seconds):
+    """A wait of ``seconds``, in whole milliseconds rounded up."""
+    if seconds <= 0:
+        return 0
+    if seconds >= INT_MAX / 1000.0:
+        return INT_MAX
+    return <int>ceil(seconds * 1000.0)
+
+
+cdef object _address(const sockaddr *addr, socklen_t addrlen):
+    """The client address socket.accept() or recvfrom() would return."""
+    cdef char host[INET6_ADDRSTRLEN]
+    cdef const sockaddr_in *sin
+    cdef const sockaddr_in6 *sin6
+    cdef const char *path
+    cdef size_t path_offset
+    if addrlen == 0:
+        return None  # e.g. a datagram from an unbound Unix socket
+    if addr.sa_family == AF_INET:
+        sin = <const sockaddr_in *>addr
+        inet_ntop(AF_INET, &sin.sin_addr, host, sizeof(host))
+        return (host.decode("ascii"), ntohs(sin.sin_port))
+    if addr.sa_family == AF_INET6:
+        sin6 = <const sockaddr_in6 *>addr
+        inet_ntop(AF_INET6, &sin6.sin6_addr, host, sizeof(host))
+        return (host.decode("ascii"), ntohs(sin6.sin6_port),
+                ntohl(sin6.sin6_flowinfo), sin6.sin6_scope_id)
+    # AF_UNIX: the caller takes the compiled way for no other family.
+    path_offset = <size_t>((<const sockaddr_un *>addr).sun_path
+                           - <const char *>addr)
+    path = <const char *>addr + path_offset
+    if FS_ABSTRACT_UNIX_NAMES and addrlen > path_offset and path[0] == 0:
+        return PyBytes_FromStringAndSize(path, addrlen - path_offset)
+    # A NUL-terminated path, in a zeroed sockaddr_storage.
+    return PyUnicode_DecodeFSDefaultAndSize(
+        path, strnlen(path, sizeof(sockaddr_storage) - path_offset))
+
+
+cdef class ServeLoop:
+    """The loop of one ``serve_forever()`` call: see the module docstring."""
+
+    cdef object _server
+    cdef fs_poller _poller
+    cdef bint _stopping
+    cdef bint _paused
+    cdef double _paused_until  # a monotonic() deadline; INF: until resumed
+
+    # The path chosen, and what it was chosen from.
+    cdef RequestPath _path
+    cdef int _batch
+    cdef object _listener
+    cdef int _family, _type, _proto
+    cdef bint _call_service_actions
+    cdef bint _call_verify, _call_process, _call_finish, _call_shutdown
+    cdef unsigned int _type_version
+    cdef object _instance_dict
+    cdef unsigned int _watched_mask
+
+    # Receive buffer for datagrams, grown to max_packet_size.
+    cdef char *_dgram_buf
+    cdef size_t _dgram_buf_size
+
+    def __cinit__(self, server):
+        fs_poller_init(&self._poller)
+        self._server = server
+        cdef int err = fs_poller_open(&self._poller,
+                                      PyObject_AsFileDescriptor(server.fileno()))
+        if err < 0:
+            raise _os_error(-err)
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef void _release(self):
+        fs_poller_close(&self._poller)
+        PyMem_Free(self._dgram_buf)
+        self._dgram_buf = NULL
+        self._dgram_buf_size = 0
+
+    def run(self, poll_interval):
+        """Serve until stop(); see BaseServer.serve_forever."""
+        cdef int ready, timeout_ms
+        cdef int interval_ms = (-1 if poll_interval is None
+                                else _timeout_ms(poll_interval))
+        server = self._server
+        self._choose_path()
+        while not self._stopping:
+            timeout_ms = self._prepare_wait(interval_ms)
+            with nogil:
+                ready = fs_poller_wait(&self._poller, timeout_ms)
+            if ready < 0:
+                if ready != -EINTR:
+                    raise _os_error(-ready)
+                PyErr_CheckSignals()  # a handler's exception ends the loop
+                continue
+            if self._stopping:
+                break
+            if ready & FS_WOKEN:
+                fs_poller_drain(&self._poller)
+            self._refresh_path()
+            if ready & FS_LISTENER_READY and not self._paused:
+                if self._path == STREAM:
+                    self._accept_requests()
+                elif self._path == DATAGRAM:
+                    self._receive_requests()
+                else:
+                    server._handle_request_noblock()
+            if self._call_service_actions:
+                server.service_actions()
+
+    cdef int _choose_path(self) except -1:
+        """Pick the way requests are taken; see the module docstring."""
+        BaseServer, TCPServer, UDPServer = _bases()
+        server = self._server
+        self._instance_dict = getattr(server, "__dict__", None)
+        self._watched_mask = self._watched_on_instance()
+        self._call_service_actions = not _keeps(server, "service_actions",
+                                                BaseServer)
+        self._path = GENERIC
+        listener = getattr(server, "socket", None)
+        if (type(listener) is SocketType
+                and getattr(server, "tls_context", None) is None
+                and _keeps(server, "_handle_request_noblock", BaseServer)
+                and _keeps(server, "fileno", TCPServer)
+                and listener.fileno() == self._poller.listen_fd
+                and listener.family in (AF_INET, AF_INET6, AF_UNIX)):
+            if _keeps(server, "get_request", TCPServer):
+                self._path = STREAM
+                base = TCPServer
+            elif _keeps(server, "get_request", UDPServer):
+                self._path = DATAGRAM
+                base = UDPServer
+        if self._path != GENERIC:
+            self._batch = 1 if self._call_service_actions else BATCH
+            self._listener = listener
+            self._family, self._type, self._proto = (
+                listener.family, listener.type, listener.proto)
+            self._call_verify = not _keeps(server, "verify_request",
+                                           BaseServer)
+            self._call_process = not _keeps(server, "process_request",
+                                            BaseServer)
+            # Without tls_context, TCPServer's finish_request only builds
+            # the handler, as BaseServer's does.
+            self._call_finish = not _keeps(server, "finish_request", base)
+            self._call_shutdown = not (
+                _keeps(server, "shutdown_request", base)
+                and _keeps(server, "close_request", base))
+        # Read last: the look-ups above gave the class a valid tag.
+        self._type_version = fs_type_version(type(server))
+        return 0
+
+    cdef unsigned int _watched_on_instance(self) except? 0:
+        """Which WATCHED names the server's instance dict has, as bits."""
+        cdef unsigned int mask = 0, bit = 1
+        if self._instance_dict is not None:
+            for name in WATCHED:
+                if name in self._instance_dict:
+                    mask |= bit
+                bit <<= 1
+        return mask
+
+    cdef int _refresh_path(self) except -1:
+        """Choose again if the server's class or instance hooks changed."""
+        cdef unsigned int version = fs_type_version(type(self._server))
+        if (version == 0 or version != self._type_version
+                or self._watched_on_instance() != self._watched_mask):
+            self._choose_path()
+        return 0
+
+    cdef int _prepare_wait(self, int interval_ms) except? -2:
+        """Watch the listener unless paused; return the wait's timeout."""
+        cdef double left = INF
+        cdef int left_ms
+        if self._paused and self._paused_until != INF:
+            left = self._paused_until - monotonic()
+            if left <= 0:
+                self._paused = False
+        cdef int err = fs_poller_set_listening(&self._poller, not self._paused)
+        if err < 0:
+            raise _os_error(-err)
+        if not self._paused or left == INF:
+            return interval_ms
+        left_ms = _timeout_ms(left)
+        return left_ms if interval_ms < 0 or left_ms < interval_ms else interval_ms
+
+    cdef bint _next_request(self, int taken, RequestPath path) except -1:
+        """Whether to try another request in this wake-up, by ``path``."""
+        if taken >= self._batch or self._stopping or self._paused:
+            return False
+        self._refresh_path()
+        return (self._path == path
+                and self._server.socket is self._listener
+                # Not closed by the request (its number could be reused).
+                and self._listener.fileno() == self._poller.listen_fd)
+
+    cdef int _accept_requests(self) except -1:
+        """Accept and handle connections while they come, up to a batch."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef int fd, taken = 0
+        cdef int listen_fd = self._poller.listen_fd
+        while True:
+            memset(&addr, 0, sizeof(addr))
+            addrlen = sizeof(addr)
+            # The listener may be blocking: accept only once the wait (or,
+            # for the ones after the first, a zero-timeout poll) saw a
+            # connection waiting.
+            with nogil:
+                fd = fs_accept(listen_fd, <sockaddr *>&addr, &addrlen)
+            if fd == -EINTR:
+                PyErr_CheckSignals()
+                continue
+            if fd < 0:
+                if fd != -EAGAIN and fd != -EWOULDBLOCK:
+                    self._server._accept_failed(_os_error(-fd))
+                return 0
+            try:
+                client_address = _address(<sockaddr *>&addr, addrlen)
+                request = SocketType(self._family, self._type, self._proto, fd)
+            except BaseException:
+                close(fd)
+                raise
+            if (FS_ACCEPT_INHERITS_NONBLOCK and getdefaulttimeout() is None
+                    and self._listener.gettimeout()):
+                # The new socket took the listener's O_NONBLOCK: as
+                # socket.accept() does, make it blocking.
+                request.setblocking(True)
+            self._handle(request, client_address)
+            taken += 1
+            # The wait's word on the listener held for the first only.
+            if (not self._next_request(taken, STREAM)
+                    or not fs_input_pending(listen_fd)):
+                return 0
+
+    cdef int _receive_requests(self) except -1:
+        """Receive datagrams and handle each, up to a batch."""
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef ssize_t got
+        cdef Py_ssize_t size
+        cdef int taken = 0
+        server = self._server
+        while True:
+            max_packet_size = server.max_packet_size
+            if type(max_packet_size) is not int or max_packet_size < 0:
+                # recvfrom() raises its own error: let get_request() meet it.
+                server._handle_request_noblock()
+                return 0
+            size = max_packet_size
+            self._reserve_dgram_buf(size)
+            memset(&addr, 0, sizeof(addr))
+            addrlen = sizeof(addr)
+            got = fs_recvfrom(self._poller.listen_fd, self._dgram_buf, size,
+                              <sockaddr *>&addr, &addrlen)
+            if got == -EINTR:
+                PyErr_CheckSignals()
+                continue
+            if got < 0:
+                if got != -EAGAIN and got != -EWOULDBLOCK:
+                    server._accept_failed(_os_error(<int>-got))
+                return 0
+            data = PyBytes_FromStringAndSize(self._dgram_buf, got)
+            client_address = _address(<sockaddr *>&addr, addrlen)
+            self._handle((data, server.socket), client_address)
+            taken += 1
+            if not self._next_request(taken, DATAGRAM):
+                return 0
+
+    cdef int _reserve_dgram_buf(self, size_t size) except -1:
+        cdef void *grown
+        if size > self._dgram_buf_size:
+            grown = PyMem_Realloc(self._dgram_buf, size)
+            if grown == NULL:
+                raise MemoryError
+            self._dgram_buf = <char *>grown
+            self._dgram_buf_size = size
+        return 0
+
+    cdef int _handle(self, request, client_address) except -1:
+        """BaseServer._handle_request_noblock after get_request()."""
+        server = self._server
+        if self._call_verify and not server.verify_request(request,
+                                                           client_address):
+            self._shutdown_request(request)
+            return 0
+        try:
+            if self._call_process:
+                server.process_request(request, client_address)
+            else:
+                if self._call_finish:
+                    server.finish_request(request, client_address)
+                else:
+                    server.RequestHandlerClass(request, client_address, server)
+                self._shutdown_request(request)
+        except Exception:
+            server.handle_error(request, client_address)
+            self._shutdown_request(request)
+        except BaseException:
+            self._shutdown_request(request)
+            raise
+        return 0
+
+    cdef int _shutdown_request(self, request) except -1:
+        cdef int fd
+        if self._call_shutdown:
+            self._server.shutdown_request(request)
+        elif self._path == STREAM:
+            # TCPServer.shutdown_request: its OSError is ignored, so the
+            # call is made directly, on the descriptor if still open.
+            fd = request.fileno()
+            if fd >= 0:
+                shutdown(fd, SHUT_WR)
+            request.close()
+        return 0
+
+    def stop(self):
+        """End run() once the current request is done; thread-safe."""
+        self._stopping = True
+        fs_poller_wake(&self._poller)
+
+    def pause_accepting(self, until=None):
+        """Stop watching the listener until ``until`` (monotonic) or resumed."""
+        self._paused_until = INF if until is None else until
+        self._paused = True
+        fs_poller_wake(&self._poller)
+
+    def resume_accepting(self):
+        """Watch the listener again at once; thread-safe."""
+        self._paused = False
+        fs_poller_wake(&self._poller)
+
+    def close(self):
+        """Release the poller and wake-up descriptors."""
+        self._release()
+
+
+def wait_readable(fd, timeout):
+    """Wait up to ``timeout`` seconds (None: forever) for ``fd``; return
+    whether it became readable.  The GIL is released while waiting."""
+    cdef int cfd = PyObject_AsFileDescriptor(fd)
+    cdef int ready, timeout_ms = -1
+    cdef double deadline_ms = 0
+    if timeout is not None:
+        timeout_ms = _timeout_ms(timeout)
+        deadline_ms = fs_monotonic_ms() + timeout_ms
+    while True:
+        with nogil:
+            ready = fs_wait_readable(cfd, timeout_ms)
+        if ready >= 0:
+            return ready > 0
+        if ready != -EINTR:
+            raise _os_error(-ready)
+        PyErr_CheckSignals()
+        if timeout is not None:
+            timeout_ms = _timeout_ms((deadline_ms - fs_monotonic_ms()) / 1000.0)
