@@ -89,7 +89,7 @@ class Settings:
 
 
 FULL = {"duration": 1.0, "reps": 3, "warmup": 0.25}
-QUICK = {"duration": 0.3, "reps": 2, "warmup": 0.1}
+QUICK = {"duration": 0.25, "reps": 2, "warmup": 0.1}
 QUICK_CONCURRENCY = 16
 CHECK_SECONDS = 20  # the correctness check's limit; it normally takes far less
 
@@ -169,7 +169,7 @@ class ServerProcess:
         except OSError:
             return False
 
-    def settle(self, timeout=2.0, quiet=0.1, interval=0.05):
+    def settle(self, timeout=2.0, quiet=0.05, interval=0.025):
         """Wait (up to timeout) until the server has used no CPU for ``quiet``
         seconds and has no children left: finishing one run's connections
         must not eat into the next server's run."""

@@ -117,6 +117,9 @@ def serve_socketserver(module_name, workload, class_name, address):
         base = getattr(http.server, class_name)
     else:
         base = getattr(socketserver, class_name)
+    if not issubclass(base, socketserver.BaseServer):
+        # http.server was imported before the swap: it would measure the stdlib.
+        raise RuntimeError(f"{class_name} is not built on {module_name}")
     server_class = type(class_name, (base,), {"request_queue_size": LISTEN_BACKLOG})
     server = server_class(parse_address(workload, address), handler)
     engine = getattr(socketserver, "BACKEND", "stdlib")

@@ -53,7 +53,8 @@ class ServeLoop:
                     self._drain_wakeups()
                 else:
                     request_ready = True
-            if request_ready:
+            # A pause that arrived with the readiness still holds.
+            if request_ready and self._paused_until is None:
                 server._handle_request_noblock()
             server.service_actions()
 

@@ -27,6 +27,7 @@ import logging
 import os
 import socket
 import sys
+import _socket
 import threading
 import traceback
 from time import monotonic
@@ -779,7 +780,10 @@ class BaseRequestHandler:
         pass
 
 
-_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+_TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
+# The family as a plain int: socket.family's IntEnum conversion costs more
+# than the rest of the check, once per connection.
+_raw_family = _socket.socket.family.__get__
 
 
 class StreamRequestHandler(BaseRequestHandler):
@@ -810,7 +814,8 @@ class StreamRequestHandler(BaseRequestHandler):
             connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm or (
                 self.avoid_nagle_stalls
-                and connection.family in _TCP_FAMILIES):
+                and isinstance(connection, _socket.socket)
+                and _raw_family(connection) in _TCP_FAMILIES):
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         engine = _backend.engine()
         self.rfile = engine.stream_reader(connection, self.rbufsize)

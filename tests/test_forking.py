@@ -159,6 +159,7 @@ def test_max_children_pauses_accepting_without_spinning(engine, no_leaks,
         # Full: the other clients wait in the backlog, and the loop wakes
         # only to look for exited children every few milliseconds.
         assert len(server.active_children) == 2
+        assert len(server._reaper._pid_of) == (2 if reaping == "pidfd" else 0)
         assert 2 <= server.turns - turns < 1000  # turning, never blocked
         assert server.cpu - cpu < 0.15
         release.touch()

