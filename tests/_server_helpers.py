@@ -7,9 +7,7 @@ server never gets near: a test that hangs fails instead of stalling the run.
 import contextlib
 import itertools
 import os
-import shutil
 import socket
-import tempfile
 import threading
 import time
 
@@ -45,16 +43,6 @@ requires_unix = pytest.mark.skipif(
     not HAS_UNIX, reason="no Unix domain sockets on this platform")
 requires_fork = pytest.mark.skipif(
     not HAS_FORK, reason="no os.fork() on this platform")
-
-
-@pytest.fixture
-def sock_dir():
-    """A short private directory for Unix socket paths (108-byte limit)."""
-    path = tempfile.mkdtemp(prefix="fs-")
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 _client_names = itertools.count()
@@ -320,7 +308,7 @@ def echo_handler(server_class):
     return DatagramEcho
 
 
-def wait_until(predicate, what):
+def wait_until(predicate, what="the condition"):
     """Poll ``predicate`` until true; fail after TIMEOUT."""
     deadline = time.monotonic() + TIMEOUT
     while not predicate():

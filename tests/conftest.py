@@ -1,6 +1,8 @@
 """Shared fixtures: every engine-dependent test runs once per engine."""
 
 import os
+import shutil
+import tempfile
 import threading
 
 import pytest
@@ -18,6 +20,16 @@ def engine(request):
         yield request.param
     finally:
         _backend.use(previous)
+
+
+@pytest.fixture
+def sock_dir():
+    """A short private directory for Unix socket paths (108-byte limit)."""
+    path = tempfile.mkdtemp(prefix="fs-")
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def open_fds():

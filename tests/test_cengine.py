@@ -25,7 +25,6 @@ from fastsock import _backend
 from _server_helpers import (
     HOST, HOST6, TIMEOUT, StreamEcho, connect, datagram_client, exchange,
     recv_until_eof, requires_ipv6, requires_unix, serving, wait_until)
-from _server_helpers import sock_dir  # noqa: F401  (a fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PENDING = 40  # connections or datagrams queued before the loop starts

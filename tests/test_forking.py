@@ -16,7 +16,7 @@ import fastsock
 from fastsock import _workers
 from _server_helpers import (HOST, TIMEOUT, ServerThread, connect,
                              datagram_client, exchange, recv_until_eof,
-                             requires_fork, serving)
+                             requires_fork, serving, wait_until)
 
 pytestmark = [
     requires_fork,
@@ -36,13 +36,6 @@ def reaping(request, monkeypatch):
     if request.param == "waitpid":
         monkeypatch.setattr(_workers, "_PIDFD_OPEN", None)
     return request.param
-
-
-def wait_until(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never came true"
-        time.sleep(0.002)
 
 
 def assert_reaped(pids):

@@ -17,8 +17,7 @@ import pytest
 import fastsock
 from _server_helpers import (
     HOST, TIMEOUT, DatagramEcho, StreamEcho, connect, datagram_client,
-    exchange, recv_until_eof, requires_unix, serving,
-    sock_dir)  # noqa: F401  (sock_dir: a fixture)
+    exchange, recv_until_eof, requires_unix, serving)
 
 # -- BaseRequestHandler --------------------------------------------------------
 

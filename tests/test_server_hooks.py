@@ -20,7 +20,7 @@ import fastsock
 from _server_helpers import (
     HAS_FORK, HAS_UNIX, HANDLER_HOOKS, SERVER_HOOKS, EventLog, ServerThread,
     connect, datagram_client, hook_sequences, recording, recv_until_eof,
-    server_address, sock_dir, wait_until)  # noqa: F401  (sock_dir: fixture)
+    server_address, wait_until)  # noqa: F401  (sock_dir: fixture)
 
 # Forking servers here fork from a process whose serve_forever() runs in a
 # thread; Python 3.12+ warns about that, and the children only serve one

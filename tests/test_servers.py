@@ -23,7 +23,7 @@ from _server_helpers import (
     HAS_FORK, HAS_UNIX, HOST, HOST6, TIMEOUT, EventLog, ServerThread,
     StreamEcho, connect, datagram_client, echo_handler, exchange, is_stream,
     recv_until_eof, requires_fork, requires_ipv6, requires_unix,
-    server_address, serving, sock_dir, wait_until)  # noqa: F401 (fixture)
+    server_address, serving, wait_until)
 
 # Forking servers here fork from a process whose serve_forever() runs in a
 # thread; Python 3.12+ warns about that, and the children only serve one
@@ -120,7 +120,7 @@ def test_threading_server_close_waits_for_running_requests(engine, no_leaks):
 
     server = fastsock.ThreadingTCPServer((HOST, 0), Slow)
     with serving(server):
-        with connect(server) as client:
+        with connect(server):
             assert entered.wait(TIMEOUT)
     # serving() ended with server_close(): block_on_close joined the worker.
     assert finished == [True]

@@ -16,14 +16,7 @@ import pytest
 import fastsock
 from _server_helpers import (HOST, TIMEOUT, ServerThread, connect,
                              datagram_client, exchange, recv_until_eof,
-                             serving)
-
-
-def wait_until(predicate, timeout=TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never came true"
-        time.sleep(0.002)
+                             serving, wait_until)
 
 
 def idle_workers(server):
