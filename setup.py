@@ -44,6 +44,10 @@ def extensions():
     if os.environ.get("FASTSOCK_NO_EXTENSIONS", "") not in ("", "0"):
         _warn("FASTSOCK_NO_EXTENSIONS is set")
         return []
+    if sys.platform == "win32":
+        # The engine waits with epoll/kqueue/poll() on POSIX descriptors.
+        _warn("the compiled engine is not built on Windows")
+        return []
     sources = sorted(glob.glob(os.path.join(HERE, SRC, "*.pyx")))
     only = os.environ.get("FASTSOCK_BUILD_ONLY")  # e.g. "_cio": one module
     if only:

@@ -19,7 +19,7 @@ import pytest
 
 import fastsock
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(fastsock.__file__)))
 SUBPROCESS_TIMEOUT = 60
 
 
