@@ -17,14 +17,30 @@ closing the server.
 
 from . import _backend
 from ._server import *  # noqa: F401,F403
-from ._server import __all__
-from ._graceful import serve_until_signal
-from ._install import install, is_installed, uninstall
+from ._server import __all__  # noqa: F401
 
 __version__ = "0.1.0"
+
+# Imported on first use, to keep ``import fastsock`` as cheap as the
+# standard library's ``import socketserver``.
+_LAZY = {
+    "install": "._install",
+    "uninstall": "._install",
+    "is_installed": "._install",
+    "serve_until_signal": "._graceful",
+}
 
 
 def __getattr__(name):
     if name == "BACKEND":
         return _backend.engine().NAME
+    if name in _LAZY:
+        import importlib
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | {"BACKEND"})

@@ -23,13 +23,11 @@ the engine.
 
 import errno
 import io
-import logging
 import os
 import socket
 import sys
 import _socket
 import threading
-import traceback
 from time import monotonic
 
 from . import _backend
@@ -40,9 +38,14 @@ _PY312 = sys.version_info >= (3, 12)
 _HAS_FORK = hasattr(os, "fork")
 _HAS_UNIX = hasattr(socket, "AF_UNIX")
 
-# What goes wrong in the server itself, rather than in a request (which
-# handle_error() reports): resource shortages, failed TLS handshakes.
-_log = logging.getLogger("fastsock")
+def _log():
+    """The "fastsock" logger, for what goes wrong in the server itself
+    rather than in a request (which handle_error() reports): resource
+    shortages, failed TLS handshakes.  logging is imported on first use:
+    most servers never need it, and it would double fastsock's import time.
+    """
+    import logging
+    return logging.getLogger("fastsock")
 
 
 def _errnos(*names):
@@ -256,8 +259,9 @@ class BaseServer:
         last, self._last_shortage = self._last_shortage, now
         if last is None or now - last > _SHORTAGE_EPISODE_GAP:
             self._backoff = 0.0
-            _log.warning("server at %r: %s; shedding or holding back new "
-                         "requests until it passes", self.server_address, exc)
+            _log().warning("server at %r: %s; shedding or holding back "
+                           "new requests until it passes",
+                           self.server_address, exc)
         if exc.errno in _OUT_OF_DESCRIPTORS and self._shed_connection():
             return
         self._backoff = min(max(2 * self._backoff, _BACKOFF_FIRST),
@@ -311,6 +315,7 @@ class BaseServer:
         print(rule, file=sys.stderr)
         print('Exception occurred during processing of request from',
               client_address, file=sys.stderr)
+        import traceback
         traceback.print_exc()
         print(rule, file=sys.stderr)
 
@@ -435,9 +440,9 @@ class TCPServer(BaseServer):
         import ssl
         if not isinstance(connection, ssl.SSLSocket):
             # Never serve in clear what should be encrypted.
-            _log.error("connection from %r refused: it did not go through "
-                       "TCPServer.get_request(), which applies tls_context",
-                       client_address)
+            _log().error("connection from %r refused: it did not go "
+                         "through TCPServer.get_request(), which applies "
+                         "tls_context", client_address)
             return False
         if connection.version() is not None:
             return True
@@ -446,7 +451,8 @@ class TCPServer(BaseServer):
         try:
             connection.do_handshake()
         except OSError as exc:  # SSLError, TimeoutError, ConnectionError
-            _log.info("TLS handshake with %r failed: %s", client_address, exc)
+            _log().info("TLS handshake with %r failed: %s",
+                        client_address, exc)
             return False
         connection.settimeout(timeout)
         return True

@@ -2,6 +2,8 @@
 
 import inspect
 import socketserver
+import subprocess
+import sys
 
 import pytest
 
@@ -51,3 +53,15 @@ def test_mro_mirrors_stdlib(name):
 
 def test_backend_names_an_available_engine():
     assert fastsock.BACKEND in fastsock._backend.available()
+
+
+def test_import_stays_light():
+    # `import fastsock` must cost about what `import socketserver` does:
+    # logging, ssl and the install/graceful-stop helpers load on first use.
+    code = ("import sys, fastsock; "
+            "print(sorted(m for m in ('logging', 'ssl', 'fastsock._install', "
+            "'fastsock._graceful') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.strip() == "[]"
+    assert callable(fastsock.install) and callable(fastsock.serve_until_signal)
