@@ -101,7 +101,10 @@ class _GracefulStop:
             return
         self.cut_short.set()
         with self._lock:
-            serving = self._serving
+            # serve_forever() may have returned before loop_ended() ran: its
+            # shut-down event tells, and then there is nothing to interrupt.
+            serving = (self._serving and not
+                       self._server._BaseServer__is_shut_down.is_set())
         if serving:
             self._interrupted = True
             raise KeyboardInterrupt  # ends the request the loop is in

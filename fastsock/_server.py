@@ -26,7 +26,6 @@ import io
 import os
 import socket
 import sys
-import _socket
 import threading
 from time import monotonic
 
@@ -356,12 +355,21 @@ class TCPServer(BaseServer):
     application) is never wrapped again; one that reaches finish_request()
     unwrapped (a get_request() of the application's own) is refused rather
     than served in clear.  Set ``tls_context`` before serving.
+
+    Nagle stalls (``avoid_nagle_stalls``, a fastsock extension, default
+    True): a response written in two pieces (headers, then body) waits for
+    the client's delayed ACK, about 40 ms, under Nagle's algorithm.  fastsock
+    sets TCP_NODELAY on a TCP listening socket, which the connections
+    accepted from it inherit (Linux, BSD, macOS), so every write goes on the
+    wire at once and nothing a handler wrote is held back, at no cost per
+    connection.  False keeps the standard library's behaviour.
     """
 
     address_family = socket.AF_INET
     socket_type = socket.SOCK_STREAM
     request_queue_size = 5
     allow_reuse_address = False
+    avoid_nagle_stalls = True
     if _PY311:
         allow_reuse_port = False
     tls_context = None
@@ -392,7 +400,14 @@ class TCPServer(BaseServer):
         self.server_address = sock.getsockname()
 
     def server_activate(self):
-        """Listen with a backlog of ``request_queue_size``; take a reserve."""
+        """Listen with a backlog of ``request_queue_size``; take a reserve.
+
+        With ``avoid_nagle_stalls``, TCP_NODELAY is set on the listening
+        socket, and so on every connection accepted from it.
+        """
+        if (self.avoid_nagle_stalls
+                and self.socket.family in (socket.AF_INET, socket.AF_INET6)):
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket.listen(self.request_queue_size)
         if self._reserve is None:
             self._reserve = _open_reserve()
@@ -786,10 +801,6 @@ class BaseRequestHandler:
         pass
 
 
-_TCP_FAMILIES = frozenset((socket.AF_INET, socket.AF_INET6))
-# The family as a plain int: socket.family's IntEnum conversion costs more
-# than the rest of the check, once per connection.
-_raw_family = _socket.socket.family.__get__
 
 
 class StreamRequestHandler(BaseRequestHandler):
@@ -800,28 +811,18 @@ class StreamRequestHandler(BaseRequestHandler):
     when not None, is applied to the connection.  The file objects come from
     the engine: compiled in the compiled engine, ``socket.makefile`` objects
     and an unbuffered writer in the pure one.
-
-    Nagle stalls: a response written in two pieces (headers, then body)
-    waits for the client's delayed ACK, about 40 ms, under Nagle's
-    algorithm.  fastsock sets TCP_NODELAY on TCP connections while
-    ``avoid_nagle_stalls`` is true (the default), so every write goes on the
-    wire at once and nothing a handler wrote is held back.
     """
 
     rbufsize = -1
     wbufsize = 0
     timeout = None
     disable_nagle_algorithm = False
-    avoid_nagle_stalls = True
 
     def setup(self):
         self.connection = connection = self.request
         if self.timeout is not None:
             connection.settimeout(self.timeout)
-        if self.disable_nagle_algorithm or (
-                self.avoid_nagle_stalls
-                and isinstance(connection, _socket.socket)
-                and _raw_family(connection) in _TCP_FAMILIES):
+        if self.disable_nagle_algorithm:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
         engine = _backend.engine()
         self.rfile = engine.stream_reader(connection, self.rbufsize)

@@ -88,6 +88,7 @@ class TCPServer(BaseServer):
     socket_type: int
     request_queue_size: int
     allow_reuse_address: bool
+    avoid_nagle_stalls: bool
     if sys.version_info >= (3, 11):
         allow_reuse_port: bool
     socket: _Socket
@@ -181,7 +182,6 @@ class StreamRequestHandler(BaseRequestHandler):
     timeout: ClassVar[float | None]
     disable_nagle_algorithm: ClassVar[bool]
     # fastsock's addition: TCP_NODELAY on TCP connections (see the class).
-    avoid_nagle_stalls: ClassVar[bool]
     connection: Any
     rfile: BufferedIOBase
     wfile: BufferedIOBase

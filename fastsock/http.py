@@ -58,10 +58,9 @@ class _FastsockConnection:
     on the standard StreamRequestHandler.
 
     First among the bases, it gives the handler the engine's ``rfile`` and
-    ``wfile``, and TCP_NODELAY (``avoid_nagle_stalls``).
+    ``wfile``.
     """
 
-    avoid_nagle_stalls = True
     setup = StreamRequestHandler.setup
     finish = StreamRequestHandler.finish
 

@@ -89,7 +89,7 @@ def test_stream_handler_defaults():
     handler = fastsock.StreamRequestHandler
     assert (handler.rbufsize, handler.wbufsize, handler.timeout,
             handler.disable_nagle_algorithm) == (-1, 0, None, False)
-    assert handler.avoid_nagle_stalls is True  # fastsock's own
+    assert fastsock.TCPServer.avoid_nagle_stalls is True  # fastsock's own
 
 
 def test_unbuffered_writer(engine, no_leaks):
@@ -271,24 +271,28 @@ def test_no_timeout_by_default(engine, no_leaks):
     (False, False, False),  # exactly the standard library's default
 ])
 def test_tcp_nodelay(engine, no_leaks, disable, avoid, expected):
+    # disable: the handler's (stdlib) switch; avoid: the server's, which
+    # sets TCP_NODELAY on the listener for accepted connections to inherit.
     seen = []
 
     class Probe(StreamEcho):
         disable_nagle_algorithm = disable
-        avoid_nagle_stalls = avoid
 
         def handle(self):
             seen.append(self.request.getsockopt(socket.IPPROTO_TCP,
                                                 socket.TCP_NODELAY) != 0)
             super().handle()
 
-    assert _run_stream(Probe, b"n") == b"N"
+    class Server(fastsock.TCPServer):
+        avoid_nagle_stalls = avoid
+
+    assert _run_stream(Probe, b"n", Server) == b"N"
     assert seen == [expected]
 
 
 @requires_unix
 def test_stream_handler_on_unix_sockets(engine, no_leaks, sock_dir):
-    # avoid_nagle_stalls leaves non-TCP connections alone
+    # avoid_nagle_stalls leaves non-TCP listeners alone
     reply = _run_stream(StreamEcho, b"unix", fastsock.UnixStreamServer,
                         os.path.join(sock_dir, "h.sock"))
     assert reply == b"UNIX"
