@@ -4,12 +4,14 @@
 reusable address, ``server_name`` and ``server_port`` recorded on binding,
 daemon request threads -- but run on fastsock's TCPServer and ThreadingMixIn.
 
-The request handlers are http.server's own, with fastsock's connection
-set-up: ``rfile``/``wfile`` from the engine, and TCP_NODELAY, since
+The servers set TCP_NODELAY on their listening socket (fastsock's
+``avoid_nagle_stalls``), which every connection inherits:
 BaseHTTPRequestHandler writes the headers and the body of a response
-separately and Nagle's algorithm would hold the second write back for the
-client's delayed ACK.  (A program that calls ``fastsock.install()`` before
-importing http.server gets the same from http.server itself.)
+separately, and Nagle's algorithm would hold the second write back for the
+client's delayed ACK.  The request handlers are http.server's own, with
+fastsock's connection set-up: ``rfile``/``wfile`` from the engine.  (A
+program that calls ``fastsock.install()`` before importing http.server gets
+the same from http.server itself.)
 
 ``python -m fastsock.http`` -- or ``python -m fastsock http`` -- serves files
 like ``python -m http.server``, with the running interpreter's arguments
