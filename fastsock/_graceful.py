@@ -66,6 +66,7 @@ def serve_until_signal(server, grace=30.0, *, signals=_DEFAULT_SIGNALS,
         if not finished:
             server.block_on_close = False  # nothing left worth waiting for
     finally:
+        stop.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.server_close()
@@ -74,20 +75,33 @@ def serve_until_signal(server, grace=30.0, *, signals=_DEFAULT_SIGNALS,
 
 class _GracefulStop:
     """One serve_until_signal() call: what its signal handler, its helper
-    threads and the main thread share."""
+    thread and the main thread share.
+
+    The signal handler runs in the main thread between any two bytecodes,
+    also while that thread holds a lock (the pool's, threading's own), so it
+    takes none and starts no thread: it only sets events, which the helper
+    thread, started beforehand, acts on.
+    """
 
     def __init__(self, server, grace):
         self._server = server
         self._grace = grace
         self._pid = os.getpid()
         self._main_thread = threading.get_ident()
+        # Held by the helper while it interrupts the loop, and by the main
+        # thread when the loop has ended, so that no signal is sent to the
+        # main thread once its handlers may have been restored.
         self._lock = threading.Lock()
         self._serving = True  # the main thread is in serve_forever()
         self._first_signal = None
         self._deadline = None
         self._interrupted = False  # a request in the loop was cut short
+        self._signalled = threading.Event()  # the first signal, or close()
         # Set at the deadline or at a second signal: stop waiting.
         self.cut_short = threading.Event()
+        self._helper = threading.Thread(target=self._stop, daemon=True,
+                                        name="fastsock graceful stop")
+        self._helper.start()
 
     def on_signal(self, signum, frame):
         """The handler of the signals; runs in the main thread."""
@@ -96,21 +110,22 @@ class _GracefulStop:
         if self._first_signal is None:
             self._first_signal = signum
             self._deadline = monotonic() + self._grace
-            threading.Thread(target=self._stop, daemon=True,
-                             name="fastsock graceful stop").start()
+            self._signalled.set()
             return
         self.cut_short.set()
-        with self._lock:
-            # serve_forever() may have returned before loop_ended() ran: its
-            # shut-down event tells, and then there is nothing to interrupt.
-            serving = (self._serving and not
-                       self._server._BaseServer__is_shut_down.is_set())
-        if serving:
+        # serve_forever() may have returned before loop_ended() ran: its
+        # shut-down event tells, and then there is nothing to interrupt.
+        if (self._serving
+                and not self._server._BaseServer__is_shut_down.is_set()):
             self._interrupted = True
             raise KeyboardInterrupt  # ends the request the loop is in
 
     def _stop(self):
-        """Stop the loop; interrupt it if it is still busy at the deadline."""
+        """After the first signal, stop the loop; interrupt it if it is
+        still busy at the deadline."""
+        self._signalled.wait()
+        if self._first_signal is None:
+            return  # closed without a signal
         stopper = threading.Thread(target=self._server.shutdown, daemon=True,
                                    name="fastsock shutdown")
         stopper.start()
@@ -120,6 +135,12 @@ class _GracefulStop:
         with self._lock:
             if self._serving and not self.cut_short.is_set():
                 self._interrupt_main()
+
+    def close(self):
+        """End the helper thread if no signal came."""
+        self._signalled.set()
+        if self._first_signal is None:
+            self._helper.join()
 
     def _interrupt_main(self):
         """Make the main thread run on_signal() again, which raises."""

@@ -726,6 +726,48 @@ def test_a_second_signal_stops_waiting_at_once(engine):
         assert child.wait() == 3
 
 
+class SignalHandled(BaseException):
+    """Raised by the test's signal handler, in the main thread; not an
+    Exception, so that it ends serve_forever() wherever it is raised."""
+
+
+@requires_signals
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"),
+                    reason="needs pthread_kill")
+def test_a_signal_taken_by_a_worker_thread_reaches_the_idle_loop(engine):
+    # The kernel may hand a process's signal to any thread.  Taken by a
+    # worker, it does not interrupt the loop's wait, yet its Python handler
+    # must still run in the main thread within a poll interval, as it would
+    # with the stdlib.
+    class SignalFromWorker(fastsock.BaseRequestHandler):
+        def handle(self):
+            time.sleep(0.2)  # until the loop is back in its wait
+            signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+            self.request.sendall(b"sent\n")
+
+    def on_signal(signum, frame):
+        raise SignalHandled
+
+    server = fastsock.ThreadingTCPServer((HOST, 0), SignalFromWorker)
+    previous = signal.signal(signal.SIGUSR1, on_signal)
+    # Ends the test if the handler never runs.
+    guard = threading.Timer(3 * TIMEOUT, server.shutdown)
+    try:
+        def client():
+            with connect(server) as sock:
+                sock.recv(16)
+        threading.Thread(target=client, daemon=True).start()
+        guard.start()
+        started = time.monotonic()
+        with pytest.raises(SignalHandled):
+            server.serve_forever(poll_interval=0.05)
+        assert time.monotonic() - started < TIMEOUT
+    finally:
+        guard.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        server.server_close()
+
+
 def test_serve_until_signal_is_exported_but_not_in_all():
     assert fastsock.serve_until_signal.__module__ == "fastsock._graceful"
     assert "serve_until_signal" not in fastsock.__all__

@@ -206,10 +206,14 @@ cdef class ServeLoop:
             timeout_ms = self._prepare_wait(interval_ms)
             with nogil:
                 ready = fs_poller_wait(&self._poller, timeout_ms)
+            # A signal may have been taken by another thread, leaving this
+            # wait uninterrupted: look for pending handlers after every wait,
+            # as the interpreter would between bytecodes.  A handler's
+            # exception ends the loop.
+            PyErr_CheckSignals()
             if ready < 0:
                 if ready != -EINTR:
                     raise _os_error(-ready)
-                PyErr_CheckSignals()  # a handler's exception ends the loop
                 continue
             if self._stopping:
                 break
