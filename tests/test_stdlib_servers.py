@@ -83,6 +83,16 @@ class Server:
             raise
 
 
+def _interruptible():
+    """In the child before exec: take SIGINT's default action back.  A
+    shell without job control starts background commands (pytest among
+    them) with SIGINT ignored, which Python would then leave ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+_INTERRUPTIBLE = _interruptible if os.name == "posix" else None
+
+
 @contextlib.contextmanager
 def server_process(engine, args, tmp_path, ready, cwd=None):
     """Run ``python args``; yield a Server once stdout matched ``ready``."""
@@ -90,7 +100,8 @@ def server_process(engine, args, tmp_path, ready, cwd=None):
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         proc = subprocess.Popen([sys.executable, *args], env=engine_env(engine),
                                 cwd=cwd, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL)
+                                stdin=subprocess.DEVNULL,
+                                preexec_fn=_INTERRUPTIBLE)
     server = Server(proc, out_path, err_path)
     try:
         server.match = server.wait_for(ready)
