@@ -280,3 +280,16 @@ def test_shutdown_during_a_burst_leaves_the_rest_queued(engine, no_leaks):
             assert rest == payloads[1:]
     finally:
         server.server_close()
+
+
+def test_threading_server_answers_every_datagram_of_a_burst(engine,
+                                                            no_leaks):
+    # The compiled loop hands each datagram to a worker before taking the
+    # next (one per loop turn).
+    server = fastsock.ThreadingUDPServer((HOST, 0), DatagramEcho)
+    payloads = [b"t%03d" % n for n in range(200)]
+    with serving(server):
+        with datagram_client(server) as client:
+            _burst(server, client, payloads)
+            replies = sorted(client.recv(100) for _ in payloads)
+    assert replies == sorted(payload.upper() for payload in payloads)

@@ -29,7 +29,18 @@ the other, each only once the one before is done, and only while nothing
 asked the loop to stop or pause; what is not taken stays queued in the
 socket, as with the standard library.  A server with its own
 ``service_actions`` takes one request per loop turn, since that hook may
-need to run between requests (ForkingMixIn caps its children there).
+need to run between requests (ForkingMixIn caps its children there); so
+does a datagram server with its own ``process_request``, which hands the
+datagram to a thread (ThreadingMixIn) that needs the GIL to serve it.
+
+For a handler class that keeps DatagramRequestHandler's ``setup`` and
+``finish`` (and BaseRequestHandler's ``__init__``), the compiled way does
+their work in place and calls only ``handle``: the same attributes, set in
+the same order, and the reply sent to the sockaddr the datagram came from
+when ``handle`` left the socket and client address as they were.
+Datagrams are received one at a time (no recvmmsg): one received ahead
+would be lost to a KeyboardInterrupt or shutdown() that the standard
+library leaves queued in the socket.
 """
 
 from cpython.bytes cimport (
@@ -297,7 +308,6 @@ cdef class ServeLoop:
                 self._path = DATAGRAM
                 base = UDPServer
         if self._path != GENERIC:
-            self._batch = 1 if self._call_service_actions else BATCH
             self._listener = listener
             self._family, self._type, self._proto = (
                 listener.family, listener.type, listener.proto)
@@ -305,6 +315,12 @@ cdef class ServeLoop:
                                            BaseServer)
             self._call_process = not _keeps(server, "process_request",
                                             BaseServer)
+            # A datagram handed to another thread (ThreadingMixIn) needs
+            # the GIL there: a batch taken meanwhile would keep its worker
+            # waiting and the idle ones busy, making more threads start.
+            self._batch = (1 if self._call_service_actions
+                           or (self._path == DATAGRAM and self._call_process)
+                           else BATCH)
             # Without tls_context, TCPServer's finish_request only builds
             # the handler, as BaseServer's does.
             self._call_finish = not _keeps(server, "finish_request", base)
