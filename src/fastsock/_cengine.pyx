@@ -29,17 +29,30 @@ the other, each only once the one before is done, and only while nothing
 asked the loop to stop or pause; what is not taken stays queued in the
 socket, as with the standard library.  A server with its own
 ``service_actions`` takes one request per loop turn, since that hook may
-need to run between requests (ForkingMixIn caps its children there).
+need to run between requests (ForkingMixIn caps its children there); so
+does a datagram server with its own ``process_request``, which hands the
+datagram to a thread (ThreadingMixIn) that needs the GIL to serve it.
+
+For a handler class that keeps DatagramRequestHandler's ``setup`` and
+``finish`` (and BaseRequestHandler's ``__init__``), the compiled way does
+their work in place and calls only ``handle``: the same attributes, set in
+the same order, and the reply sent to the sockaddr the datagram came from
+when ``handle`` left the socket and client address as they were.
+Datagrams are received one at a time (no recvmmsg): one received ahead
+would be lost to a KeyboardInterrupt or shutdown() that the standard
+library leaves queued in the socket.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.bytes cimport (
+    PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject_AsFileDescriptor
+from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.errno cimport EAGAIN, EINTR
 from libc.limits cimport INT_MAX
 from libc.math cimport ceil
-from libc.string cimport memset, strerror
+from libc.string cimport memcmp, memcpy, memset, strerror
 from posix.unistd cimport close
 
 from includes.posix_net cimport (
@@ -50,6 +63,7 @@ from includes.poller cimport *
 from includes.type_version cimport fs_type_version
 
 import socket
+from io import BytesIO
 from time import monotonic
 
 NAME = "cython"
@@ -62,6 +76,7 @@ except ImportError:  # built without it: the pure engine's file objects
 
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
+    int PySys_Audit(const char *event, const char *format, ...) except -1
 
 
 cdef extern from "<string.h>" nogil:
@@ -76,6 +91,17 @@ cdef enum RequestPath:
 # Requests taken per wake-up on the compiled way, at most.
 cdef int BATCH = 64
 
+# Client addresses of recent datagrams, by their sockaddr: a peer that sends
+# again gets the same (immutable) tuple without formatting it anew.
+cdef enum:
+    ADDRESS_CACHE_SIZE = 64
+    CACHED_SOCKADDR_MAX = 28  # sizeof(struct sockaddr_in6)
+
+cdef struct CachedAddress:
+    socklen_t addrlen
+    unsigned char sockaddr[CACHED_SOCKADDR_MAX]
+    PyObject *address  # a strong reference, or NULL
+
 # What the choice of path depends on, besides the server's class: names
 # that, set on the instance, override the class's.
 cdef tuple WATCHED = (
@@ -86,7 +112,9 @@ cdef tuple WATCHED = (
 cdef double INF = float("inf")
 cdef object SocketType = socket.socket
 cdef object getdefaulttimeout = socket.getdefaulttimeout
+cdef object object_new = object.__new__
 cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
+cdef tuple HANDLER_BASES = None  # (BaseRequestHandler, DatagramRequestHandler)
 cdef dict DEFAULTS = {}  # (base, name): the method as fastsock defines it
 
 
@@ -99,15 +127,28 @@ cdef tuple _bases():
     return BASES
 
 
-cdef bint _keeps(object server, str name, object base) except -1:
-    """Whether ``server.name`` is still ``base``'s own method."""
+cdef tuple _handler_bases():
+    global HANDLER_BASES
+    if HANDLER_BASES is None:
+        from fastsock._server import (
+            BaseRequestHandler, DatagramRequestHandler)
+        HANDLER_BASES = (BaseRequestHandler, DatagramRequestHandler)
+    return HANDLER_BASES
+
+
+cdef object _default(object base, str name):
+    """``base``'s own ``name`` as it was at the first look, so that a later
+    patch of the base class counts as an override."""
     key = (base, name)
     default = DEFAULTS.get(key)
     if default is None:
-        # Kept from the first look, so that a later patch of the base class
-        # counts as an override.
         default = DEFAULTS[key] = getattr(base, name)
-    return (getattr(type(server), name, None) is default
+    return default
+
+
+cdef bint _keeps(object server, str name, object base) except -1:
+    """Whether ``server.name`` is still ``base``'s own method."""
+    return (getattr(type(server), name, None) is _default(base, name)
             and name not in getattr(server, "__dict__", ()))
 
 
@@ -177,6 +218,16 @@ cdef class ServeLoop:
     # Receive buffer for datagrams, grown to max_packet_size.
     cdef char *_dgram_buf
     cdef size_t _dgram_buf_size
+    # The sender of the datagram being handled, as recvfrom() gave it.
+    cdef sockaddr_storage _peer
+    cdef socklen_t _peer_len
+    cdef CachedAddress _addresses[ADDRESS_CACHE_SIZE]
+
+    # The last RequestHandlerClass looked at, and whether it runs in place
+    # (see _inline_handler).
+    cdef object _handler_cls
+    cdef unsigned int _handler_version
+    cdef bint _handler_inline
 
     def __cinit__(self, server):
         fs_poller_init(&self._poller)
@@ -190,10 +241,14 @@ cdef class ServeLoop:
         self._release()
 
     cdef void _release(self):
+        cdef int i
         fs_poller_close(&self._poller)
         PyMem_Free(self._dgram_buf)
         self._dgram_buf = NULL
         self._dgram_buf_size = 0
+        for i in range(ADDRESS_CACHE_SIZE):
+            Py_XDECREF(self._addresses[i].address)
+            self._addresses[i].address = NULL
 
     def run(self, poll_interval):
         """Serve until stop(); see BaseServer.serve_forever."""
@@ -253,7 +308,6 @@ cdef class ServeLoop:
                 self._path = DATAGRAM
                 base = UDPServer
         if self._path != GENERIC:
-            self._batch = 1 if self._call_service_actions else BATCH
             self._listener = listener
             self._family, self._type, self._proto = (
                 listener.family, listener.type, listener.proto)
@@ -261,6 +315,12 @@ cdef class ServeLoop:
                                            BaseServer)
             self._call_process = not _keeps(server, "process_request",
                                             BaseServer)
+            # A datagram handed to another thread (ThreadingMixIn) needs
+            # the GIL there: a batch taken meanwhile would keep its worker
+            # waiting and the idle ones busy, making more threads start.
+            self._batch = (1 if self._call_service_actions
+                           or (self._path == DATAGRAM and self._call_process)
+                           else BATCH)
             # Without tls_context, TCPServer's finish_request only builds
             # the handler, as BaseServer's does.
             self._call_finish = not _keeps(server, "finish_request", base)
@@ -356,7 +416,6 @@ cdef class ServeLoop:
 
     cdef int _receive_requests(self) except -1:
         """Receive datagrams and handle each, up to a batch."""
-        cdef sockaddr_storage addr
         cdef socklen_t addrlen
         cdef ssize_t got
         cdef Py_ssize_t size
@@ -370,10 +429,10 @@ cdef class ServeLoop:
                 return 0
             size = max_packet_size
             self._reserve_dgram_buf(size)
-            memset(&addr, 0, sizeof(addr))
-            addrlen = sizeof(addr)
+            memset(&self._peer, 0, sizeof(self._peer))
+            addrlen = sizeof(self._peer)
             got = fs_recvfrom(self._poller.listen_fd, self._dgram_buf, size,
-                              <sockaddr *>&addr, &addrlen)
+                              <sockaddr *>&self._peer, &addrlen)
             if got == -EINTR:
                 PyErr_CheckSignals()
                 continue
@@ -381,12 +440,36 @@ cdef class ServeLoop:
                 if got != -EAGAIN and got != -EWOULDBLOCK:
                     server._accept_failed(_os_error(<int>-got))
                 return 0
+            self._peer_len = addrlen
             data = PyBytes_FromStringAndSize(self._dgram_buf, got)
-            client_address = _address(<sockaddr *>&addr, addrlen)
+            client_address = self._client_address()
             self._handle((data, server.socket), client_address)
             taken += 1
             if not self._next_request(taken, DATAGRAM):
                 return 0
+
+    cdef object _client_address(self):
+        """_address() of the datagram's sender, from the cache if there."""
+        cdef const unsigned char *key = <const unsigned char *>&self._peer
+        cdef socklen_t i, addrlen = self._peer_len
+        cdef unsigned int h = addrlen
+        cdef CachedAddress *entry
+        if (addrlen == 0 or addrlen > CACHED_SOCKADDR_MAX
+                or self._peer.ss_family == AF_UNIX):
+            return _address(<sockaddr *>&self._peer, addrlen)
+        for i in range(addrlen):
+            h = h * 31 + key[i]
+        entry = &self._addresses[h % ADDRESS_CACHE_SIZE]
+        if (entry.address != NULL and entry.addrlen == addrlen
+                and memcmp(entry.sockaddr, key, addrlen) == 0):
+            return <object>entry.address
+        address = _address(<sockaddr *>&self._peer, addrlen)
+        Py_INCREF(address)
+        Py_XDECREF(entry.address)
+        entry.address = <PyObject *>address
+        entry.addrlen = addrlen
+        memcpy(entry.sockaddr, key, addrlen)
+        return address
 
     cdef int _reserve_dgram_buf(self, size_t size) except -1:
         cdef void *grown
@@ -412,7 +495,13 @@ cdef class ServeLoop:
                 if self._call_finish:
                     server.finish_request(request, client_address)
                 else:
-                    server.RequestHandlerClass(request, client_address, server)
+                    handler_cls = server.RequestHandlerClass
+                    if self._path == DATAGRAM and self._inline_handler(
+                            handler_cls):
+                        self._run_datagram_handler(handler_cls, request,
+                                                   client_address)
+                    else:
+                        handler_cls(request, client_address, server)
                 self._shutdown_request(request)
         except Exception:
             server.handle_error(request, client_address)
@@ -420,6 +509,85 @@ cdef class ServeLoop:
         except BaseException:
             self._shutdown_request(request)
             raise
+        return 0
+
+    cdef bint _inline_handler(self, cls) except -1:
+        """Whether the handler class runs as fastsock's
+        DatagramRequestHandler does, all but handle() its own: a plain class
+        that keeps object.__new__, BaseRequestHandler.__init__ and
+        DatagramRequestHandler's setup() and finish().  Checked again when
+        the class (or a base) changes, like the server's hooks."""
+        if type(cls) is not type:
+            return False  # a metaclass could make calling it do anything
+        cdef unsigned int version = fs_type_version(cls)
+        if (cls is self._handler_cls and version != 0
+                and version == self._handler_version):
+            return self._handler_inline
+        BaseRequestHandler, DatagramRequestHandler = _handler_bases()
+        self._handler_cls = cls
+        self._handler_inline = (
+            getattr(cls, "__new__", None) is object_new
+            and getattr(cls, "__init__", None) is _default(
+                BaseRequestHandler, "__init__")
+            and getattr(cls, "setup", None) is _default(
+                DatagramRequestHandler, "setup")
+            and getattr(cls, "finish", None) is _default(
+                DatagramRequestHandler, "finish"))
+        # Read last: the look-ups above gave the class a valid tag.
+        self._handler_version = fs_type_version(cls)
+        return self._handler_inline
+
+    cdef int _run_datagram_handler(self, cls, request,
+                                   client_address) except -1:
+        """``cls(request, client_address, server)`` for a class that
+        _inline_handler() accepts: BaseRequestHandler.__init__ with
+        DatagramRequestHandler's setup() and finish() done here, setting
+        the same attributes in the same order; only handle() is called."""
+        handler = object_new(cls)
+        handler.request = request
+        handler.client_address = client_address
+        handler.server = self._server
+        packet, sock = request
+        handler.packet = packet
+        handler.socket = sock
+        handler.rfile = BytesIO(packet)
+        handler.wfile = BytesIO()
+        try:
+            handler.handle()
+        finally:
+            self._send_reply(handler, client_address)
+        return 0
+
+    cdef int _send_reply(self, handler, client_address) except -1:
+        """DatagramRequestHandler.finish(): ``self.socket.sendto(
+        self.wfile.getvalue(), self.client_address)``.  When that is the
+        server's socket, the reply's bytes and the request's own client
+        address, the datagram goes out in C to the sockaddr it came from:
+        no address to parse."""
+        cdef ssize_t sent
+        sock = handler.socket
+        if type(sock) is not SocketType or sock is not self._listener:
+            sendto = sock.sendto
+            sendto(handler.wfile.getvalue(), handler.client_address)
+            return 0
+        data = handler.wfile.getvalue()
+        address = handler.client_address
+        if (address is not client_address or self._peer_len == 0
+                or type(data) is not bytes
+                or sock.fileno() != self._poller.listen_fd):
+            sock.sendto(data, address)
+            return 0
+        PySys_Audit("socket.sendto", "OO", <PyObject *>sock,
+                    <PyObject *>address)
+        sent = fs_sendto(self._poller.listen_fd, PyBytes_AS_STRING(data),
+                         PyBytes_GET_SIZE(data), <sockaddr *>&self._peer,
+                         self._peer_len)
+        if sent == -EAGAIN or sent == -EWOULDBLOCK or sent == -EINTR:
+            # Full send buffer: socket.sendto() blocks or honours the
+            # socket's timeout.
+            sock.sendto(data, address)
+        elif sent < 0:
+            raise _os_error(<int>-sent)
         return 0
 
     cdef int _shutdown_request(self, request) except -1:

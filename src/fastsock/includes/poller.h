@@ -319,4 +319,13 @@ static inline ssize_t fs_recvfrom(int fd, char *buf, size_t bufsize,
     return got < 0 ? -errno : got;
 }
 
+/* sendto() that never blocks (a full send buffer gives -EAGAIN); return
+   the size sent, or -errno. */
+static inline ssize_t fs_sendto(int fd, const char *buf, size_t size,
+                                const struct sockaddr *addr, socklen_t addrlen)
+{
+    ssize_t sent = sendto(fd, buf, size, MSG_DONTWAIT, addr, addrlen);
+    return sent < 0 ? -errno : sent;
+}
+
 #endif /* FASTSOCK_POLLER_H */

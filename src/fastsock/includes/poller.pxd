@@ -29,3 +29,5 @@ cdef extern from "poller.h" nogil:
     int fs_accept(int fd, sockaddr *addr, socklen_t *addrlen)
     ssize_t fs_recvfrom(int fd, char *buf, size_t bufsize, sockaddr *addr,
                         socklen_t *addrlen)
+    ssize_t fs_sendto(int fd, const char *buf, size_t size,
+                      const sockaddr *addr, socklen_t addrlen)
