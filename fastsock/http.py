@@ -11,7 +11,15 @@ separately, and Nagle's algorithm would hold the second write back for the
 client's delayed ACK.  The request handlers are http.server's own, with
 fastsock's connection set-up: ``rfile``/``wfile`` from the engine.  (A
 program that calls ``fastsock.install()`` before importing http.server gets
-the same from http.server itself.)
+that from http.server itself.)
+
+Their requests are parsed faster, with the same results: a plain header
+block (one ``Name: value`` per line, printable ASCII) becomes the very
+HTTPMessage the email parser would have made, without it; anything else
+goes through http.server's and http.client's own code.  The Date header is
+formatted once a second.  Both sit inside the usual hooks
+(``parse_request``, ``date_time_string``), so a subclass overriding them,
+or any other hook, sees them called as http.server calls them.
 
 ``python -m fastsock.http`` -- or ``python -m fastsock http`` -- serves files
 like ``python -m http.server``, with the running interpreter's arguments
@@ -159,14 +167,15 @@ class _FastRequest:
 
         The current time's string is made once a second.  Within a
         microsecond of the next second it is made afresh, as the email
-        formatter rounds to microseconds and may reach that second.
+        formatter rounds to microseconds and may reach that second; so is
+        a time before 1970, which int() rounds up.
         """
         global _date_cache
         if timestamp is not None:
             return super().date_time_string(timestamp)
         now = time.time()
         second = int(now)
-        if now - second >= 0.999999:
+        if not 0 <= now - second < 0.999999:
             return super().date_time_string(now)
         cached_second, text = _date_cache
         if cached_second != second:
@@ -177,18 +186,21 @@ class _FastRequest:
 
 class BaseHTTPRequestHandler(_FastsockConnection, _FastRequest,
                              http.server.BaseHTTPRequestHandler):
-    """http.server.BaseHTTPRequestHandler on fastsock's connection set-up."""
+    """http.server.BaseHTTPRequestHandler on fastsock's connection set-up,
+    with the faster request parsing."""
 
 
 class SimpleHTTPRequestHandler(_FastsockConnection, _FastRequest,
                                http.server.SimpleHTTPRequestHandler):
-    """http.server.SimpleHTTPRequestHandler on fastsock's connection set-up."""
+    """http.server.SimpleHTTPRequestHandler on fastsock's connection set-up,
+    with the faster request parsing."""
 
 
 if _HAS_CGI:
     class CGIHTTPRequestHandler(_FastsockConnection, _FastRequest,
                                 http.server.CGIHTTPRequestHandler):
-        """http.server.CGIHTTPRequestHandler on fastsock's connection set-up."""
+        """http.server.CGIHTTPRequestHandler on fastsock's connection
+        set-up, with the faster request parsing."""
 
     __all__.append("CGIHTTPRequestHandler")
 

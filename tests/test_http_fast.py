@@ -373,6 +373,7 @@ def test_overridden_hooks_are_called(engine, data, no_leaks):
 @pytest.mark.parametrize("now", [
     1700000000.0, 1700000000.25, 1700000000.9999, 1700000000.9999994,
     1700000000.9999996, 1700000001.0000001, 1700000061.5,
+    0.0, -0.5, -1.0, -86400.75,
 ])
 def test_date_header_matches_http_server(monkeypatch, now):
     stdlib = http.server.BaseHTTPRequestHandler.__new__(
