@@ -10,6 +10,7 @@ where the body starts in ``rfile``.
 import email.message
 import email.parser
 import email.utils
+import functools
 import http.client
 import http.server
 import io
@@ -293,6 +294,39 @@ def test_servers_answer_byte_for_byte_alike(engine, protocol, no_leaks):
         # Both logs are complete once every connection has been handled.
         wait_for_records(fast, len(stdlib.seen))
     assert fast.seen == stdlib.seen
+
+
+def test_file_servers_answer_byte_for_byte_alike(engine, tmp_path, no_leaks):
+    (tmp_path / "page.html").write_bytes(b"<p>hello</p>")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_bytes(b"a" * 3000)
+    modified = email.utils.formatdate(
+        (tmp_path / "page.html").stat().st_mtime + 60, usegmt=True).encode()
+    requests = [
+        request(b"Host: a", start=b"GET /page.html HTTP/1.1"),
+        request(b"Host: a", start=b"HEAD /page.html HTTP/1.1"),
+        request(b"If-Modified-Since: " + modified,
+                start=b"GET /page.html HTTP/1.1"),
+        request(b"If-Modified-Since: yesterday",
+                start=b"GET /page.html HTTP/1.1"),
+        request(b"Host: a", start=b"GET / HTTP/1.1"),
+        request(b"Host: a", start=b"GET /sub HTTP/1.1"),
+        request(b"Range: bytes=0-1", start=b"GET /sub/a.txt HTTP/1.0"),
+        request(b"Host: a", start=b"GET /missing HTTP/1.1"),
+        request(b"Host: a", start=b"POST /page.html HTTP/1.1"),
+    ]
+    answers = []
+    for module in (http.server, fastsock.http):
+        quiet = type("Files", (module.SimpleHTTPRequestHandler,),
+                     {"log_message": lambda self, *args: None})
+        handler = functools.partial(quiet, directory=str(tmp_path))
+        server = module.ThreadingHTTPServer((HOST, 0), handler)
+        with serving(server):
+            answers.append([masked(exchange(server, data))
+                            for data in requests])
+    assert answers[1] == answers[0]
+    assert b"304 Not Modified" in answers[0][2]
+    assert b"<p>hello</p>" in answers[0][0]
 
 
 # -- hooks that subclasses override ------------------------------------------
