@@ -20,9 +20,9 @@ import threading
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
-
 from _server_helpers import HOST, connect, recv_until_eof, serving
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import fastsock.http
 
