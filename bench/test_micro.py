@@ -214,3 +214,41 @@ def test_write(benchmark, impl, stream_pair, size):
 
     benchmark.pedantic(write_lines, setup=take_previous_round, rounds=ROUNDS)
     take_previous_round()
+
+
+HTTP_REQUEST = (b"GET /index.html HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                b"User-Agent: bench\r\nAccept: */*\r\n\r\n")
+
+
+@pytest.mark.parametrize("module_name", ["http.server", "fastsock.http"])
+def test_http_request(benchmark, module_name):
+    """One keep-alive HTTP/1.1 request through handle_one_request(), from
+    parsing to the response, on in-memory files: the handler's own cost."""
+    import importlib
+    import io
+
+    module = importlib.import_module(module_name)
+
+    class Page(module.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, format, *args):
+            pass
+
+    handler = Page.__new__(Page)
+    handler.client_address = ("127.0.0.1", 1)
+    handler.wfile = io.BytesIO()
+
+    def one_request():
+        handler.rfile = io.BytesIO(HTTP_REQUEST)
+        handler.handle_one_request()
+
+    benchmark(one_request)
+    assert handler.wfile.getvalue().endswith(b"\r\n\r\nok")
+    assert not handler.close_connection

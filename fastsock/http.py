@@ -11,7 +11,15 @@ separately, and Nagle's algorithm would hold the second write back for the
 client's delayed ACK.  The request handlers are http.server's own, with
 fastsock's connection set-up: ``rfile``/``wfile`` from the engine.  (A
 program that calls ``fastsock.install()`` before importing http.server gets
-the same from http.server itself.)
+that from http.server itself.)
+
+Their requests are parsed faster, with the same results: a plain header
+block (one ``Name: value`` per line, printable ASCII) becomes the very
+HTTPMessage the email parser would have made, without it; anything else
+goes through http.server's and http.client's own code.  The Date header is
+formatted once a second.  Both sit inside the usual hooks
+(``parse_request``, ``date_time_string``), so a subclass overriding them,
+or any other hook, sees them called as http.server calls them.
 
 ``python -m fastsock.http`` -- or ``python -m fastsock http`` -- serves files
 like ``python -m http.server``, with the running interpreter's arguments
@@ -20,10 +28,15 @@ while http.server has CGI), its dual-stack binding and its messages.
 """
 
 import argparse
+import email.parser
+import http.client
 import http.server
 import os
+import re
 import socket
 import sys
+import time
+import types
 
 from ._server import StreamRequestHandler, TCPServer, ThreadingMixIn
 
@@ -67,20 +80,127 @@ class _FastsockConnection:
     finish = StreamRequestHandler.finish
 
 
-class BaseHTTPRequestHandler(_FastsockConnection,
+# A header block the email parser reads as plain "Name: value" fields, and
+# nothing else: field names of the characters its header pattern accepts,
+# printable ASCII values (no byte that str.splitlines or the email parser's
+# line splitting would break a line at), no continuation lines, no "From "
+# envelope line, ended by a blank line.
+_PLAIN_HEADER_BLOCK = re.compile(rb"(?:[!-9;-~]+:[\t -~]*\r?\n)*\r?\n")
+# A field of such a block, as the compat32 policy splits it: the value loses
+# its leading blanks and its line end.
+_PLAIN_FIELD = re.compile(r"([^:\r\n]+):[ \t]*([^\r\n]*)")
+
+
+def _parse_headers(fp, _class=http.client.HTTPMessage):
+    """http.client.parse_headers, without the email parser where possible.
+
+    The lines are read by http.client's own reader, with its limits and
+    errors.  A plain block (see ``_PLAIN_HEADER_BLOCK``) for the default
+    HTTPMessage becomes the message the email parser would have built: the
+    fields in order, an empty payload, no defects.  A Content-Type that may
+    name a multipart or message body makes the email parser look further
+    (and note defects), so such a block, any other block and any other
+    message class go through the email parser as http.client does.
+    """
+    lines = http.client._read_headers(fp)
+    block = b"".join(lines)
+    if (_class is http.client.HTTPMessage
+            and _PLAIN_HEADER_BLOCK.fullmatch(block)):
+        lowered = block.lower()
+        if not (b"content-type" in lowered
+                and (b"multipart" in lowered or b"message" in lowered)):
+            message = _class()
+            message._headers = _PLAIN_FIELD.findall(block.decode("ascii"))
+            message._payload = ""
+            return message
+    return email.parser.Parser(_class=_class).parsestr(
+        block.decode("iso-8859-1"))
+
+
+class _Delegate:
+    """An object answering as ``target`` does, but for ``overrides``."""
+
+    def __init__(self, target, **overrides):
+        self._target = target
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name):
+        return getattr(self._target, name)
+
+
+def _reading_fast_headers(function):
+    """http.server's own ``function``, calling ``_parse_headers`` where it
+    calls http.client.parse_headers.
+
+    Running the interpreter's own code keeps every check and error response
+    of the running Python version; only the name ``http`` is looked up in a
+    copy of http.server's namespace where ``http.client.parse_headers`` is
+    the fast parser.
+    """
+    namespace = dict(function.__globals__)
+    namespace["http"] = _Delegate(
+        http, client=_Delegate(http.client, parse_headers=_parse_headers))
+    fast = types.FunctionType(function.__code__, namespace, function.__name__,
+                              function.__defaults__, function.__closure__)
+    fast.__qualname__ = function.__qualname__
+    fast.__doc__ = function.__doc__
+    return fast
+
+
+# (second, Date header) of the latest response; one tuple, replaced whole,
+# so request threads read a consistent pair without a lock.
+_date_cache = (None, None)
+
+
+class _FastRequest:
+    """Mix-in: http.server's request parsing and Date header, faster.
+
+    The methods are the same hooks as http.server's, called from the same
+    places, so a subclass overriding one still has it called.
+    """
+
+    parse_request = _reading_fast_headers(
+        http.server.BaseHTTPRequestHandler.parse_request)
+
+    def date_time_string(self, timestamp=None):
+        """The current time (or ``timestamp``) formatted for a header.
+
+        The current time's string is made once a second.  Within a
+        microsecond of the next second it is made afresh, as the email
+        formatter rounds to microseconds and may reach that second; so is
+        a time before 1970, which int() rounds up.
+        """
+        global _date_cache
+        if timestamp is not None:
+            return super().date_time_string(timestamp)
+        now = time.time()
+        second = int(now)
+        if not 0 <= now - second < 0.999999:
+            return super().date_time_string(now)
+        cached_second, text = _date_cache
+        if cached_second != second:
+            text = super().date_time_string(now)
+            _date_cache = (second, text)
+        return text
+
+
+class BaseHTTPRequestHandler(_FastsockConnection, _FastRequest,
                              http.server.BaseHTTPRequestHandler):
-    """http.server.BaseHTTPRequestHandler on fastsock's connection set-up."""
+    """http.server.BaseHTTPRequestHandler on fastsock's connection set-up,
+    with the faster request parsing."""
 
 
-class SimpleHTTPRequestHandler(_FastsockConnection,
+class SimpleHTTPRequestHandler(_FastsockConnection, _FastRequest,
                                http.server.SimpleHTTPRequestHandler):
-    """http.server.SimpleHTTPRequestHandler on fastsock's connection set-up."""
+    """http.server.SimpleHTTPRequestHandler on fastsock's connection set-up,
+    with the faster request parsing."""
 
 
 if _HAS_CGI:
-    class CGIHTTPRequestHandler(_FastsockConnection,
+    class CGIHTTPRequestHandler(_FastsockConnection, _FastRequest,
                                 http.server.CGIHTTPRequestHandler):
-        """http.server.CGIHTTPRequestHandler on fastsock's connection set-up."""
+        """http.server.CGIHTTPRequestHandler on fastsock's connection
+        set-up, with the faster request parsing."""
 
     __all__.append("CGIHTTPRequestHandler")
 
