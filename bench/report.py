@@ -62,6 +62,9 @@ def summarize(samples):
         )
     summary = {}
     for key, runs in groups.items():
+        if BY_NAME[key[0]].measures_memory:
+            summary[key] = _memory_summary(key, runs)
+            continue
         rates = [r["rps"] for r in runs]
         median = statistics.median(rates)
         summary[key] = {
@@ -85,6 +88,14 @@ def summarize(samples):
         }
     for (workload, cls, server, conc), entry in summary.items():
         base = summary.get((workload, cls, "stdlib", conc))
+        if BY_NAME[workload].measures_memory:
+            entry["vs_stdlib"] = (
+                entry["peak_rss_mib"] / base["peak_rss_mib"]
+                if base and base["peak_rss_mib"] and server != "stdlib"
+                else None
+            )
+            entry["at_ceiling"] = False
+            continue
         entry["vs_stdlib"] = (
             entry["rps"] / base["rps"]
             if base and base["rps"] and server != "stdlib"
@@ -98,6 +109,29 @@ def summarize(samples):
             and entry["rps"] >= (1 - CEILING_MARGIN) * ceiling["rps"]
         )
     return summary
+
+
+def _memory_summary(key, runs):
+    """A memory workload's entry: medians of the idle samples, the peak."""
+    return {
+        "workload": key[0],
+        "cls": key[1],
+        "server": key[2],
+        "conc": key[3],
+        "reps": len(runs),
+        "rps": None,
+        "base_rss_mib": _median(r["base_rss_mib"] for r in runs),
+        "idle_rss_mib": _median(r["idle_rss_mib"] for r in runs),
+        "kib_per_conn": _median(r["kib_per_conn"] for r in runs),
+        "threads": _median(r["threads"] for r in runs),
+        "peak_rss_mib": max((r["peak_rss_mib"] or 0) for r in runs) or None,
+        "errors": sum(r["errors"] for r in runs),
+        "client": runs[0]["client"],
+    }
+
+
+def format_mib(mib):
+    return "-" if mib is None else f"{mib:.1f}"
 
 
 def format_rate(rps):
@@ -134,14 +168,17 @@ def _rate_cell(entry):
     return text
 
 
-def _rows(summary):
-    """(workload, cls, conc) in presentation order, for what was measured.
+def _rows(summary, memory=False):
+    """(workload, cls, conc) in presentation order, for what was measured:
+    the throughput workloads, or (``memory``) the memory ones.
 
     A workload on which only reference servers ran gets rows without a
     class (cls None), one per concurrency.
     """
     measured = {(w, c, n) for (w, c, _, n) in summary}
     for workload in WORKLOADS:
+        if workload.measures_memory != memory:
+            continue
         rows = [
             (workload.name, cls, conc)
             for cls, concs in workload.classes.items()
@@ -194,6 +231,19 @@ def throughput_table(summary, failures):
     return header, rows
 
 
+def _sort_key(key):
+    """Workload, class, concurrency and server, in presentation order."""
+    workload, cls, server, conc = key
+    classes = list(BY_NAME[workload].classes)
+    return (
+        [w.name for w in WORKLOADS].index(workload),
+        cls is None,
+        classes.index(cls) if cls else 0,
+        conc,
+        list(SERVER_LABELS).index(server),
+    )
+
+
 def detail_table(summary):
     """Header and rows: latency, CPU and memory of every measured server."""
     header = [
@@ -209,23 +259,11 @@ def detail_table(summary):
         "peak RSS MiB",
         "errors",
     ]
-    order = {name: i for i, name in enumerate(SERVER_LABELS)}
-    workloads = {w.name: i for i, w in enumerate(WORKLOADS)}
-
-    def sort_key(key):
-        workload, cls, server, conc = key
-        classes = list(BY_NAME[workload].classes)
-        return (
-            workloads[workload],
-            cls is None,
-            classes.index(cls) if cls else 0,
-            conc,
-            order[server],
-        )
-
     rows = []
-    for key in sorted(summary, key=sort_key):
+    for key in sorted(summary, key=_sort_key):
         e = summary[key]
+        if e["rps"] is None:
+            continue  # a memory workload: see memory_table
         rows.append(
             [
                 e["workload"],
@@ -238,6 +276,46 @@ def detail_table(summary):
                 _number(e["p99_us"]),
                 _number(e["cpu_us_per_req"], 1),
                 _number(e["peak_rss_mib"], 1),
+                str(e["errors"]),
+            ]
+        )
+    return header, rows
+
+
+def memory_table(summary):
+    """Header and rows for the memory workloads (idle connections held):
+    the server's RSS once started, while holding them, per connection, its
+    peak and its threads."""
+    header = [
+        "workload",
+        "server class",
+        "conns",
+        "server",
+        "RSS at start MiB",
+        "RSS idle MiB",
+        "KiB/conn",
+        "peak RSS MiB",
+        "peak ×stdlib",
+        "threads",
+        "errors",
+    ]
+    rows = []
+    for key in sorted(summary, key=_sort_key):
+        e = summary[key]
+        if e["rps"] is not None:
+            continue
+        rows.append(
+            [
+                e["workload"],
+                e["cls"] or "(reference)",
+                str(e["conc"]),
+                SERVER_LABELS[e["server"]],
+                format_mib(e["base_rss_mib"]),
+                format_mib(e["idle_rss_mib"]),
+                _number(e["kib_per_conn"], 1),
+                format_mib(e["peak_rss_mib"]),
+                "-" if e["vs_stdlib"] is None else f"{e['vs_stdlib']:.2f}",
+                _number(e["threads"]),
                 str(e["errors"]),
             ]
         )
@@ -306,8 +384,9 @@ def write_chart(path, summary):
         from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install matplotlib)"
+    summary = {k: e for k, e in summary.items() if e["rps"] is not None}
     if not summary:
-        return "chart skipped: nothing was measured"
+        return "chart skipped: no throughput was measured"
     workloads = [w for w in WORKLOADS if any(k[0] == w.name for k in summary)]
     bar_servers = [
         s
@@ -388,6 +467,15 @@ DETAIL_NOTE = (
 )
 
 
+MEMORY_NOTE = (
+    "Each repetition opens the connections, echoes one line on each and "
+    "holds them idle; the server's VmRSS is read once it has gone quiet.  "
+    "RSS at start: before any request.  KiB/conn: (RSS idle - RSS at "
+    "start) / conns.  Peak RSS: VmHWM over the whole run; peak ×stdlib: "
+    "lower is better."
+)
+
+
 def results_markdown(meta, summary, failures, chart_name):
     """The text of RESULTS.md."""
     settings = meta["settings"]
@@ -431,6 +519,16 @@ def results_markdown(meta, summary, failures, chart_name):
         render_markdown(*detail_table(summary)),
         "",
     ]
+    memory = memory_table(summary)
+    if memory[1]:
+        parts += [
+            "## Memory with idle connections",
+            "",
+            MEMORY_NOTE,
+            "",
+            render_markdown(*memory),
+            "",
+        ]
     if chart_name:
         parts += [
             "## Chart",

@@ -30,6 +30,7 @@ uses loadgen.
 """
 
 import argparse
+import compileall
 import ctypes
 import datetime
 import importlib.util
@@ -39,6 +40,7 @@ import platform
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -183,12 +185,22 @@ class ServerProcess:
             elif time.monotonic() - quiet_since >= quiet:
                 return
 
+    def status(self):
+        """VmRSS, VmHWM (KiB) and Threads from /proc/PID/status; {} if gone."""
+        fields = {}
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    name, _, value = line.partition(":")
+                    if name in ("VmRSS", "VmHWM", "Threads"):
+                        fields[name] = int(value.split()[0])
+        except OSError:
+            pass
+        return fields
+
     def peak_rss_mib(self):
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        return None
+        peak = self.status().get("VmHWM")
+        return None if peak is None else peak / 1024
 
     def log_tail(self, lines=5):
         try:
@@ -219,6 +231,7 @@ class Target:
     process: ServerProcess | None = None
     address: str | None = None
     failure: str | None = None
+    base_rss_kib: int | None = None  # VmRSS once started, before any request
 
     @property
     def label(self):
@@ -264,6 +277,16 @@ def cpus_for_pinning():
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
+def compile_fastsock():
+    """Byte-compile the checkout's fastsock, as installing it would.
+
+    The stdlib's socketserver is imported from bytecode; a server that
+    compiled fastsock's source at every start (PYTHONDONTWRITEBYTECODE keeps
+    it from caching the result) would pay time and about 1.3 MiB of peak
+    memory that an installed copy never does."""
+    compileall.compile_dir(REPO_DIR / "fastsock", quiet=1)
+
+
 def server_env(server):
     env = os.environ.copy()
     env["PYTHONPATH"] = os.pathsep.join(
@@ -283,6 +306,7 @@ class Bench:
         self.pinning = pinning
         self.loadgen = build("loadgen")
         self.echo_server = build("echo_server")
+        compile_fastsock()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fastsock-bench-"))
         self.samples = []
         self.failures = []
@@ -327,6 +351,8 @@ class Bench:
             raise HarnessError(
                 f"runs engine {engine!r}, expected {target.server.engine!r}"
             )
+        target.process.settle()
+        target.base_rss_kib = target.process.status().get("VmRSS")
 
     def fail(self, target, reason):
         target.failure = reason
@@ -428,6 +454,57 @@ class Bench:
             "client": "wrk",
         }
 
+    def hold_idle(self, target, conc):
+        """Open ``conc`` connections, echo one line on each, and measure the
+        server while they stay open and idle.
+
+        Returns the number of right answers, errors, the first error, and
+        the server's VmRSS, VmHWM and thread count (after it has gone
+        quiet) while it holds them.  The connections are then closed.
+        """
+        w = target.workload
+        line = bytes(ord("a") + i % 26 for i in range(w.size - 1)) + b"\n"
+        if w.transport == "unix":
+            family, address = socket.AF_UNIX, target.address
+        else:
+            host, port = target.address.rsplit(":", 1)
+            family, address = socket.AF_INET, (host, int(port))
+        conns, answers, errors, first_error = [], 0, 0, ""
+        try:
+            for _ in range(conc):
+                conn = socket.socket(family, socket.SOCK_STREAM)
+                conns.append(conn)
+                conn.settimeout(self.settings.request_timeout)
+                try:
+                    conn.connect(address)
+                    conn.sendall(line)
+                    got = b""
+                    while len(got) < len(line):
+                        chunk = conn.recv(len(line) - len(got))
+                        if not chunk:
+                            break
+                        got += chunk
+                except OSError as exc:
+                    got = exc
+                if got == line:
+                    answers += 1
+                else:
+                    errors += 1
+                    first_error = first_error or f"connection {len(conns)}: {got!r}"
+            target.process.settle()
+            status = target.process.status()
+        finally:
+            for conn in conns:
+                conn.close()
+        return {
+            "requests": answers,
+            "errors": errors,
+            "first_error": first_error,
+            "rss_kib": status.get("VmRSS"),
+            "hwm_kib": status.get("VmHWM"),
+            "threads": status.get("Threads"),
+        }
+
     def run_client(self, target, conc, seconds):
         if target.workload.is_http and self.settings.http_client == "wrk":
             return self.run_wrk(target, conc, seconds)
@@ -442,6 +519,9 @@ class Bench:
             if target.failure:
                 continue
             conc = max(target.concs)
+            if target.workload.measures_memory:
+                self._guarded(target, self._check_idle, target, conc)
+                continue
             wanted = max(2 * conc, 40)
             argv = self._loadgen_argv(target, conc, CHECK_SECONDS, wanted, max_errors=1)
             running.append(
@@ -472,7 +552,18 @@ class Bench:
         for target, _, _ in running:
             self._guarded(target, target.process.settle)
 
+    def _check_idle(self, target, conc):
+        result = self.hold_idle(target, conc)
+        if result["errors"] or result["requests"] < conc:
+            self.fail(
+                target,
+                f"correctness check: {result['requests']} of {conc} answers "
+                f"right (first error: {result['first_error'] or 'none'})",
+            )
+
     def warm_up(self, target, conc):
+        if target.workload.measures_memory:
+            return  # the check held as many connections already
         if self.settings.warmup > 0:
             # loadgen even where wrk times: wrk cannot run under a second.
             self.run_loadgen(target, conc, self.settings.warmup)
@@ -480,6 +571,8 @@ class Bench:
 
     def measure(self, target, conc, rep):
         """Time one run of the load generator; return the sample."""
+        if target.workload.measures_memory:
+            return self.measure_idle(target, conc, rep)
         process = target.process
         cpu_before = process.cpu_seconds()
         result = self.run_client(target, conc, self.settings.duration)
@@ -502,6 +595,40 @@ class Bench:
             "peak_rss_mib": process.peak_rss_mib(),
             "first_error": result["first_error"],
             "client": result["client"],
+        }
+
+    def measure_idle(self, target, conc, rep):
+        """Hold ``conc`` idle connections; return the memory sample."""
+        result = self.hold_idle(target, conc)
+        target.process.settle()
+        base, rss = target.base_rss_kib, result["rss_kib"]
+        # The kernel syncs its per-thread RSS counts lazily: VmHWM read
+        # later can lag a VmRSS read earlier by a few pages.
+        readings = [target.process.peak_rss_mib()]
+        readings += [kib / 1024 for kib in (result["hwm_kib"], rss) if kib]
+        peak = max((mib for mib in readings if mib), default=None)
+        return {
+            "workload": target.workload.name,
+            "cls": target.cls,
+            "server": target.server.name,
+            "conc": conc,
+            "rep": rep,
+            "rps": None,
+            "requests": result["requests"],
+            "errors": result["errors"],
+            "elapsed_s": None,
+            "p50_us": None,
+            "p99_us": None,
+            "cpu_us_per_req": None,
+            "peak_rss_mib": peak,
+            "base_rss_mib": None if base is None else base / 1024,
+            "idle_rss_mib": None if rss is None else rss / 1024,
+            "kib_per_conn": (
+                None if None in (base, rss) or not conc else (rss - base) / conc
+            ),
+            "threads": result["threads"],
+            "first_error": result["first_error"],
+            "client": "run.py",
         }
 
     # -- orchestration ---------------------------------------------------
@@ -550,7 +677,11 @@ class Bench:
             self._step(text, advance=1)
             return
         self.samples.append(sample)
-        self._step(f"{text}: {report.format_rate(sample['rps'])} req/s", advance=1)
+        if sample["rps"] is None:
+            done = f"{report.format_mib(sample['idle_rss_mib'])} MiB RSS"
+        else:
+            done = f"{report.format_rate(sample['rps'])} req/s"
+        self._step(f"{text}: {done}", advance=1)
 
     def _guarded(self, target, action, *args):
         """Run action(*args) for a target that has not failed; a harness error
@@ -793,11 +924,18 @@ def describe_run(argv, settings, pinning, engines, load_before, wall_s, notes):
 
 
 def print_report(summary, failures, notes):
-    print(report.render_text(*report.throughput_table(summary, failures)))
-    print()
-    print(report.legend_text())
-    print()
-    print(report.render_text(*report.detail_table(summary)))
+    throughput = report.throughput_table(summary, failures)
+    if throughput[1]:
+        print(report.render_text(*throughput))
+        print()
+        print(report.legend_text())
+        print()
+        print(report.render_text(*report.detail_table(summary)))
+    memory = report.memory_table(summary)
+    if memory[1]:
+        if throughput[1]:
+            print()
+        print(report.render_text(*memory))
     for note in notes:
         print(f"note: {note}")
     for f in failures:

@@ -148,11 +148,13 @@ def test_check_fails_a_server_that_answers_wrong(bench):
 
 
 def _targets(workload, skip):
-    """Every server on every class of a workload, at concurrency 16 or 1."""
-    args = run.parse_args(
-        ["--workload", workload.name, "--concurrency", "1", "--concurrency", "16"]
-    )
-    return run.plan(args, skip)[0][1]
+    """Every server on every class of a workload, at concurrency 16 or 1
+    (a memory workload: at its own)."""
+    concs = workload.concurrencies() if workload.measures_memory else (1, 16)
+    argv = ["--workload", workload.name]
+    for conc in concs:
+        argv += ["--concurrency", str(conc)]
+    return run.plan(run.parse_args(argv), skip)[0][1]
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=lambda w: w.name)
@@ -205,6 +207,93 @@ def test_stop_kills_forked_children(bench):
     assert not any(map(_alive, children + [pid]))
 
 
+def test_idle_connections_measure_server_memory(bench):
+    """The memory workload holds every connection open, each after one right
+    echo, and reads the server's RSS and threads meanwhile."""
+    target = run.Target(run.SERVERS[0], BY_NAME["tcp-idle"], "ThreadingTCPServer", (8,))
+    bench.start(target)
+    try:
+        bench.wait_ready(target)
+        assert target.base_rss_kib > 0
+        held = bench.hold_idle(target, 8)
+        sample = bench.measure(target, 8, rep=0)
+    finally:
+        target.process.stop()
+    assert held["requests"] == 8 and held["errors"] == 0
+    # One thread per held connection, besides the main one.
+    assert held["threads"] == 9
+    assert held["hwm_kib"] >= held["rss_kib"] > 0
+    assert sample["rps"] is None and sample["errors"] == 0
+    assert sample["threads"] == 9
+    assert sample["peak_rss_mib"] >= sample["idle_rss_mib"] > sample["base_rss_mib"]
+    assert sample["kib_per_conn"] == pytest.approx(
+        (sample["idle_rss_mib"] - sample["base_rss_mib"]) * 1024 / 8
+    )
+
+
+def test_idle_check_fails_a_server_that_answers_wrong(bench):
+    target = start_echo_server(bench, "stream", "--corrupt")
+    target.workload = BY_NAME["tcp-idle"]
+    try:
+        bench.check_all([target])
+    finally:
+        target.process.stop()
+    assert target.failure and "0 of 4 answers right" in target.failure
+
+
+def test_memory_summary_and_table():
+    def sample(server, rss, rep=0):
+        return {
+            "workload": "tcp-idle",
+            "cls": "ThreadingTCPServer",
+            "server": server,
+            "conc": 256,
+            "rep": rep,
+            "rps": None,
+            "requests": 256,
+            "errors": 0,
+            "peak_rss_mib": rss + 1,
+            "base_rss_mib": 10.0,
+            "idle_rss_mib": rss,
+            "kib_per_conn": (rss - 10.0) * 1024 / 256,
+            "threads": 257,
+            "client": "run.py",
+        }
+
+    samples = [sample("stdlib", 20.0, rep) for rep in range(3)]
+    samples += [sample("fastsock", r, rep) for rep, r in enumerate((14, 15, 30))]
+    summary = report.summarize(samples)
+    fast = summary[("tcp-idle", "ThreadingTCPServer", "fastsock", 256)]
+    assert fast["idle_rss_mib"] == 15
+    assert fast["peak_rss_mib"] == 31  # the peak of every repetition
+    assert fast["vs_stdlib"] == pytest.approx(31 / 21)
+    assert report.throughput_table(summary, [])[1] == []
+    assert report.detail_table(summary)[1] == []
+    header, rows = report.memory_table(summary)
+    cells = dict(zip(header, rows[1]))
+    assert cells["server"] == "fastsock"
+    assert cells["KiB/conn"] == "20.0"
+    assert cells["peak ×stdlib"] == "1.48"
+    assert "Memory with idle connections" in report.results_markdown(
+        {
+            "settings": {"warmup_s": 0, "reps": 3, "duration_s": 1},
+            "date": "",
+            "commit": "",
+            "command": "",
+            "machine": "",
+            "load": "",
+            "python": "",
+            "engines": [],
+            "pinning": "",
+            "clients": "",
+            "notes": [],
+        },
+        summary,
+        [],
+        None,
+    )
+
+
 def test_summary_medians_ratios_and_ceiling_flag():
     def sample(server, rps, cls="TCPServer", errors=0):
         return {
@@ -249,9 +338,10 @@ def test_quick_plan_runs_one_concurrency_per_class():
     groups = run.plan(run.parse_args(["--quick"]), skip={})
     for workload, targets in groups:
         for target in targets:
-            expected = (1,) if workload.classes.get(target.cls) == (1,) else (16,)
+            concs = workload.classes.get(target.cls)
+            expected = (16,) if concs and 16 in concs else concs
             if target.cls is None:
-                assert set(target.concs) <= {1, 16}
+                assert set(target.concs) <= {1, 16} or workload.measures_memory
             else:
                 assert target.concs == expected, (workload.name, target.cls)
     assert [w.name for w, _ in groups] == [w.name for w in WORKLOADS]

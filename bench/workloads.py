@@ -34,10 +34,19 @@ class Workload:
     def is_http(self):
         return self.loadgen_mode.startswith("http")
 
+    @property
+    def measures_memory(self):
+        """Whether this workload measures memory, not throughput: the
+        runner holds idle connections open (``Bench.hold_idle``)."""
+        return self.loadgen_mode == "idle"
+
     def concurrencies(self):
         """Every concurrency some class of this workload runs at, ascending."""
         return sorted({c for concs in self.classes.values() for c in concs})
 
+
+# Idle connections held open for the memory workload.
+IDLE_CONNECTIONS = (256,)
 
 WORKLOADS = [
     Workload(
@@ -130,6 +139,16 @@ WORKLOADS = [
         64,
         {"HTTPServer": CONCURRENCIES, "ThreadingHTTPServer": CONCURRENCIES},
         asyncio_reference=False,
+    ),
+    Workload(
+        "tcp-idle",
+        "TCP, idle keep-alive connections (one 64 B echo each): server memory",
+        "tcp",
+        "line-echo",
+        "idle",
+        "stream",
+        64,
+        {"ThreadingTCPServer": IDLE_CONNECTIONS},
     ),
 ]
 

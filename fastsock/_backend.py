@@ -16,28 +16,45 @@ The compiled engine is used when it was built, unless the environment
 variable ``FASTSOCK_PURE`` is set to a non-empty value other than ``0``
 when fastsock is imported.  ``use(name)`` switches engines at run time
 (for tests and benchmarks); servers pick the engine up when they next
-start a loop or a handler.
+start a loop or a handler.  A process forced onto the pure engine does not
+load the compiled modules until asked for them (``available()``, ``use``):
+they would cost it about 0.3 MiB of memory for nothing.
 """
 
 import os
 
 from . import _pyengine
 
-try:
-    from . import _cengine
-except ImportError:  # not built: no compiler, or FASTSOCK_NO_EXTENSIONS
-    _cengine = None
+_cengine = None
+_cengine_tried = False
 
-_ENGINES = {_pyengine.NAME: _pyengine}
-if _cengine is not None:
-    _ENGINES[_cengine.NAME] = _cengine
+
+def _compiled():
+    """The compiled engine module, imported on first need; None if not built."""
+    global _cengine, _cengine_tried
+    if not _cengine_tried:
+        _cengine_tried = True
+        try:
+            from . import _cengine as module
+        except ImportError:  # not built: no compiler, or FASTSOCK_NO_EXTENSIONS
+            module = None
+        _cengine = module
+    return _cengine
+
+
+def _engines():
+    """Engine modules by name, the compiled one first when built."""
+    compiled = _compiled()
+    engines = {} if compiled is None else {compiled.NAME: compiled}
+    engines[_pyengine.NAME] = _pyengine
+    return engines
 
 
 def _forced_pure():
     return os.environ.get("FASTSOCK_PURE", "") not in ("", "0")
 
 
-_current = _pyengine if _forced_pure() or _cengine is None else _cengine
+_current = _pyengine if _forced_pure() else (_compiled() or _pyengine)
 
 
 def engine():
@@ -47,14 +64,14 @@ def engine():
 
 def available():
     """Names of the engines this installation has, compiled first."""
-    return sorted(_ENGINES, key=lambda name: name == _pyengine.NAME)
+    return list(_engines())
 
 
 def use(name):
     """Switch to the engine called ``name``; return the previous name."""
     global _current
     try:
-        new = _ENGINES[name]
+        new = _engines()[name]
     except KeyError:
         raise ValueError(f"no fastsock engine {name!r}; available: "
                          f"{', '.join(available())}") from None

@@ -239,6 +239,9 @@ class ChildReaper:
     would take the exit status of processes that the application started
     itself.
 
+    ``reap`` runs in the parent between forks, where every page written
+    costs a copy-on-write fault: it allocates as little as it can.
+
     The set of pids is the server's ``active_children``, passed to each call;
     pids found there that the reaper did not track (a subclass forked them
     itself) are adopted.  pidfds and the epoll are close-on-exec.
@@ -273,11 +276,14 @@ class ChildReaper:
         """Reap the children in ``children`` that have exited."""
         if len(children) != len(self._pidfds):
             self._adopt(children)
-        exited = list(self._polled)
+        if self._polled:
+            for pid in list(self._polled):
+                self._reap(pid, children, os.WNOHANG)
         if self._pid_of:
-            exited += [self._pid_of[fd] for fd, _ in self._epoll.poll(0)]
-        for pid in exited:
-            self._reap(pid, children, os.WNOHANG)
+            # maxevents bounded by the pidfds: the default (FD_SETSIZE)
+            # makes poll() allocate, and the parent touch, a 12 KiB buffer.
+            for fd, _ in self._epoll.poll(0, len(self._pid_of)):
+                self._reap(self._pid_of[fd], children, os.WNOHANG)
 
     def reap_all(self, children):
         """Wait for every child in ``children`` to exit."""
