@@ -159,8 +159,11 @@ class _FastRequest:
     places, so a subclass overriding one still has it called.
     """
 
-    parse_request = _reading_fast_headers(
-        http.server.BaseHTTPRequestHandler.parse_request)
+    # http.client's line reader is private: where it is gone, parsing stays
+    # http.server's own.
+    if hasattr(http.client, "_read_headers"):
+        parse_request = _reading_fast_headers(
+            http.server.BaseHTTPRequestHandler.parse_request)
 
     def date_time_string(self, timestamp=None):
         """The current time (or ``timestamp``) formatted for a header.
