@@ -22,8 +22,20 @@
  * description, and latency percentiles (request start to last byte checked;
  * for connection-per-request modes the start is before connect()).
  *
+ * Keep-alive modes (echo, http11) time the server at CONNS connections: the
+ * clock starts once every connection has had its first answer (or an error).
+ * Until then the server is still accepting, and a server slow to accept would
+ * be measured serving fewer connections than asked, which is cheaper per
+ * request: a threaded Python server whose accepting thread waits seconds for
+ * the GIL behind its busy workers would look faster for it.  Errors in that
+ * untimed phase still count; its requests and latencies do not.  settle_ms
+ * in the result is how long it took.  With -P PID, server_cpu_s is the CPU
+ * time (user + system, with reaped children) of process PID when the clock
+ * started, so that the caller can leave that phase out of CPU per request.
+ *
  * Usage: loadgen MODE (--inet HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
  *                [-d SECONDS] [-n MAX] [-e MAXERR] [-S SOURCES] [-t TIMEOUT]
+ *                [-P PID]
  * SOURCES > 1 spreads connection-per-request clients over 127.0.0.1 ..
  * 127.0.0.SOURCES so that TIME_WAIT does not run out of ports.
  */
@@ -71,6 +83,7 @@ struct conn {
     size_t resp_len;       /* HTTP: full response length once the head is parsed */
     int keep_alive;        /* HTTP/1.1: server did not say Connection: close */
     int want_out;          /* EPOLLOUT armed: the socket buffer was full */
+    int answered;          /* had an answer or an error since the run began */
     uint64_t t0;
 };
 
@@ -81,11 +94,13 @@ static socklen_t target_len;
 static int nconns = 1, nsources = 1;
 static size_t size = 64;
 static double duration = 1.0, timeout_s = 5.0;
+static long server_pid;  /* -P: whose CPU time to report; 0: none */
 static uint64_t max_requests = UINT64_MAX, max_errors = UINT64_MAX;
 
 static int ep;
 static struct conn *conns;
 static uint64_t completed, late, errors[N_ERROR_KINDS], total_errors;
+static int unanswered;  /* connections without an answer or error yet */
 static char first_error[256];
 static uint32_t *latencies;  /* nanoseconds, clamped */
 static size_t nlat, latcap;
@@ -125,7 +140,15 @@ static void fill_payload(unsigned char *buf, int id, uint64_t seq) {
     if (mode != UDP) buf[size - 1] = '\n';
 }
 
+static void mark_answered(struct conn *c) {
+    if (!c->answered) {
+        c->answered = 1;
+        unanswered--;
+    }
+}
+
 static void record_error(struct conn *c, enum error_kind kind, const char *fmt, ...) {
+    mark_answered(c);
     errors[kind]++;
     total_errors++;
     if (!first_error[0]) {
@@ -250,6 +273,7 @@ static void start_request(struct conn *c) {
 }
 
 static void finish_request(struct conn *c) {
+    mark_answered(c);
     completed++;
     record_latency(now_ns() - c->t0);
     if (is_cpr() || (mode == HTTP11 && !c->keep_alive))
@@ -418,7 +442,8 @@ static double percentile_us(double p) {
 
 static void usage(void) {
     die("usage: loadgen echo|echo-cpr|udp|http11|http10 (--inet HOST:PORT | --unix PATH)"
-        " [-c CONNS] [-s SIZE] [-d SECONDS] [-n MAX] [-e MAXERR] [-S SOURCES] [-t TIMEOUT]");
+        " [-c CONNS] [-s SIZE] [-d SECONDS] [-n MAX] [-e MAXERR] [-S SOURCES] [-t TIMEOUT]"
+        " [-P PID]");
 }
 
 static void parse_args(int argc, char **argv) {
@@ -442,6 +467,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(opt, "-e")) max_errors = strtoull(val, NULL, 10);
         else if (!strcmp(opt, "-S")) nsources = atoi(val);
         else if (!strcmp(opt, "-t")) timeout_s = atof(val);
+        else if (!strcmp(opt, "-P")) server_pid = atol(val);
         else usage();
     }
     if (!spec || nconns < 1 || size < 1 || size > MAX_SIZE - HTTP_HEAD_MAX ||
@@ -449,6 +475,50 @@ static void parse_args(int argc, char **argv) {
         usage();
     if (use_unix && (mode == UDP || is_http())) die("--unix supports echo modes only");
     parse_target(spec);
+}
+
+/* CPU seconds of process PID and its reaped children; -1 if unknown. */
+static double cpu_seconds(long pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');  /* the command name may hold anything */
+    unsigned long long t[4];
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %llu %llu",
+                     &t[0], &t[1], &t[2], &t[3]) != 4)
+        return -1;
+    return (double)(t[0] + t[1] + t[2] + t[3]) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* One turn of the event loop: (re)open connections, handle what is ready,
+ * and time out requests left unanswered too long.  Returns the time. */
+static uint64_t run_once(uint64_t timeout_ns) {
+    static uint64_t last_sweep;
+    static struct epoll_event events[256];
+    for (int i = 0; i < nconns; i++)
+        if (conns[i].fd < 0) open_conn(&conns[i]);
+    int n = epoll_wait(ep, events, 256, 10);
+    if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    for (int i = 0; i < n && completed < max_requests; i++)
+        on_event(events[i].data.ptr, events[i].events);
+    uint64_t now = now_ns();
+    if (!last_sweep) last_sweep = now;
+    if (now - last_sweep > 10000000u) {
+        last_sweep = now;
+        for (int i = 0; i < nconns; i++) {
+            struct conn *c = &conns[i];
+            if (c->fd >= 0 && now - c->t0 > timeout_ns) {
+                record_error(c, E_TIMEOUT, "no answer in %.1f s", timeout_s);
+                if (mode == UDP) start_request(c);
+                else drop(c);
+            }
+        }
+    }
+    return now;
 }
 
 int main(int argc, char **argv) {
@@ -476,44 +546,39 @@ int main(int argc, char **argv) {
         }
     }
 
-    uint64_t start = now_ns(), timeout_ns = (uint64_t)(timeout_s * 1e9);
-    uint64_t end = start + (uint64_t)(duration * 1e9), now = start, last_sweep = start;
-    struct epoll_event events[256];
-    while (now < end && completed < max_requests && total_errors < max_errors) {
-        for (int i = 0; i < nconns; i++)
-            if (conns[i].fd < 0) open_conn(&conns[i]);
-        int n = epoll_wait(ep, events, 256, 10);
-        if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
-        for (int i = 0; i < n && completed < max_requests; i++)
-            on_event(events[i].data.ptr, events[i].events);
-        now = now_ns();
-        if (now - last_sweep > 10000000u) {
-            last_sweep = now;
-            for (int i = 0; i < nconns; i++) {
-                struct conn *c = &conns[i];
-                if (c->fd >= 0 && now - c->t0 > timeout_ns) {
-                    record_error(c, E_TIMEOUT, "no answer in %.1f s", timeout_s);
-                    if (mode == UDP) start_request(c);
-                    else drop(c);
-                }
-            }
-        }
+    unanswered = nconns;
+    uint64_t timeout_ns = (uint64_t)(timeout_s * 1e9), settle_ns = 0;
+    if (!is_cpr() && mode != UDP) {
+        uint64_t t = now_ns(), limit = max_requests;
+        max_requests = UINT64_MAX;  /* a limit for the timed requests only */
+        while (unanswered > 0 && total_errors < max_errors) run_once(timeout_ns);
+        settle_ns = now_ns() - t;
+        max_requests = limit;
+        completed = late = 0;
+        nlat = 0;
     }
+    double server_cpu = server_pid ? cpu_seconds(server_pid) : -1;
+    uint64_t start = now_ns(), end = start + (uint64_t)(duration * 1e9), now = start;
+    while (now < end && completed < max_requests && total_errors < max_errors)
+        now = run_once(timeout_ns);
     double elapsed = (double)(now - start) / 1e9;
     for (int i = 0; i < nconns; i++) drop(&conns[i]);
 
     qsort(latencies, nlat, sizeof *latencies, cmp_u32);
     printf("{\"requests\": %llu, \"errors\": %llu, \"late\": %llu, \"elapsed_s\": %.6f, "
-           "\"rps\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"errors_by_kind\": {",
+           "\"rps\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"settle_ms\": %.1f, "
+           "\"errors_by_kind\": {",
            (unsigned long long)completed, (unsigned long long)total_errors,
            (unsigned long long)late, elapsed, elapsed > 0 ? completed / elapsed : 0.0,
-           percentile_us(0.50), percentile_us(0.99));
+           percentile_us(0.50), percentile_us(0.99), settle_ns / 1e6);
     for (int k = 0, sep = 0; k < N_ERROR_KINDS; k++)
         if (errors[k]) {
             printf("%s\"%s\": %llu", sep++ ? ", " : "", error_names[k],
                    (unsigned long long)errors[k]);
         }
-    printf("}, \"first_error\": \"");
+    printf("}, ");
+    if (server_cpu >= 0) printf("\"server_cpu_s\": %.3f, ", server_cpu);
+    printf("\"first_error\": \"");
     for (const char *p = first_error; *p; p++)
         if (*p == '"' || *p == '\\') printf("\\%c", *p);
         else if ((unsigned char)*p >= 32) putchar(*p);

@@ -390,6 +390,8 @@ class Bench:
             argv += ["-n", str(max_requests)]
         if max_errors:
             argv += ["-e", str(max_errors)]
+        if target.process is not None:
+            argv += ["-P", str(target.process.pid)]
         return argv
 
     @staticmethod
@@ -576,6 +578,9 @@ class Bench:
         process = target.process
         cpu_before = process.cpu_seconds()
         result = self.run_client(target, conc, self.settings.duration)
+        # loadgen starts the clock once every keep-alive connection has been
+        # answered, and reports the server's CPU time at that moment.
+        cpu_before = result.get("server_cpu_s", cpu_before)
         process.settle()  # the CPU time includes closing the run's connections
         cpu = process.cpu_seconds() - cpu_before
         requests = result["requests"]
@@ -591,6 +596,7 @@ class Bench:
             "elapsed_s": result["elapsed_s"],
             "p50_us": result["p50_us"] if requests else None,
             "p99_us": result["p99_us"] if requests else None,
+            "settle_ms": result.get("settle_ms"),
             "cpu_us_per_req": cpu * 1e6 / requests if requests else None,
             "peak_rss_mib": process.peak_rss_mib(),
             "first_error": result["first_error"],
