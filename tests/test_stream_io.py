@@ -507,6 +507,107 @@ def test_timeout_is_read_at_each_call(impl, pair):
         timer.join()
 
 
+def send_later(sock, pieces, pause=0.05):
+    """Send ``pieces`` from another thread, ``pause`` seconds apart."""
+    def run():
+        for piece in pieces:
+            time.sleep(pause)
+            sock.sendall(piece)
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
+def test_lines_already_received_or_arriving_later(impl, pair, timeout):
+    a, b = pair
+    a.settimeout(timeout)
+    with impl.stream_reader(a, -1) as rfile:
+        b.sendall(b"here\n")  # in the kernel before the call
+        assert rfile.readline() == b"here\n"
+        sender = send_later(b, [b"in ", b"three ", b"pieces\n"])
+        assert rfile.readline() == b"in three pieces\n"
+        sender.join()
+
+
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["blocking", "timeout"])
+def test_iteration_across_arrivals_until_eof(impl, pair, timeout):
+    a, b = pair
+    a.settimeout(timeout)
+    with impl.stream_reader(a, -1) as rfile:
+        sender = send_later(b, [b"one\ntw", b"o\nthr", b"ee"])
+        sender.join()
+        b.shutdown(socket.SHUT_WR)
+        assert list(rfile) == [b"one\n", b"two\n", b"three"]
+        assert rfile.readline() == b""
+
+
+@needs_cio
+def test_reader_of_any_object_with_a_socket_interface():
+    """The descriptor is read from socket objects only; anything else is
+    asked for fileno() (and gettimeout() when a call would wait)."""
+    class Facade:
+        def __init__(self, sock):
+            self._sock, self._io_refs = sock, 0
+
+        def fileno(self):
+            return self._sock.fileno()
+
+        def gettimeout(self):
+            return self._sock.gettimeout()
+
+        def _decref_socketios(self):
+            self._io_refs -= 1
+
+    a, b = socket.socketpair()
+    with a, b:
+        a.settimeout(0)
+        facade = Facade(a)
+        with _cio.SocketReader(facade) as rfile:
+            assert rfile.read(10) is None
+            b.sendall(b"through the facade\n")
+            assert rfile.readline() == b"through the facade\n"
+        _cio.SocketWriter(facade).write(b"back\n")
+        assert b.recv(10) == b"back\n"
+
+
+def test_detached_socket_fails_like_the_standard_objects(pair):
+    a, b = pair
+    results = []
+    for impl in IMPLS.values():
+        if impl is None:
+            continue
+        rfile = impl.stream_reader(a, -1)
+        wfile = impl.stream_writer(a, 0)
+        fd = a.detach()
+        try:
+            results.append((outcome(rfile.read1, 1), outcome(wfile.write, b"x")))
+        finally:
+            a = socket.socket(fileno=fd)
+        rfile.close()
+    a.close()
+    assert len(set(results)) == 1
+    assert results[0][0][1] is OSError
+
+
+@pytest.mark.parametrize("wbufsize", [0, -1])
+def test_write_with_timeout_completes_while_the_peer_reads(impl, pair,
+                                                           wbufsize):
+    a, b = pair
+    a.settimeout(5.0)
+    data = bytes(range(256)) * 40_000  # far more than the socket buffers
+    received = []
+    reader = threading.Thread(
+        target=lambda: received.append(b"".join(iter(
+            lambda: b.recv(65536), b""))))
+    reader.start()
+    with impl.stream_writer(a, wbufsize) as wfile:
+        assert wfile.write(data) == len(data)
+    a.shutdown(socket.SHUT_WR)
+    reader.join()
+    assert received == [data]
+
+
 @pytest.mark.parametrize("wbufsize", [0, -1])
 def test_write_timeout(impl, pair, wbufsize):
     a, b = pair

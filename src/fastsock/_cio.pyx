@@ -19,8 +19,8 @@ the same exceptions with the same messages, and the same life cycle: the
 buffered objects hold one of the socket's makefile references, so
 ``socket.close()`` leaves the descriptor open until they are closed too.
 
-Waiting follows the socket module.  The socket's timeout is read on every
-call that reaches the socket, since a handler may change it at any time:
+Waiting follows the socket module.  The socket's timeout is read anew by
+every call that has to wait, since a handler may change it at any time:
 ``None`` blocks in the call itself, ``0`` never waits, and a positive
 timeout waits in ``poll()`` and then raises ``TimeoutError("timed out")``,
 after which the reader refuses to read from the socket again, as
@@ -60,7 +60,8 @@ from libc.string cimport memchr, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from includes.cio_sys cimport (
-    EWOULDBLOCK, MSG_NOSIGNAL, POLLIN, POLLOUT, poll, pollfd, recv, send,
+    EWOULDBLOCK, MSG_NOSIGNAL, POLLIN, POLLOUT, fs_socket_fd, poll, pollfd,
+    recv, send,
 )
 
 from fastsock._pyengine import SocketWriter as _PySocketWriter
@@ -110,12 +111,59 @@ cdef int _raise_errno(int err) except -1:
     return -1
 
 
-cdef int _socket_state(object sock, int *fd, double *timeout) except -1:
-    """Read the socket's descriptor and timeout (-1 for None) now."""
-    cdef object value = sock.gettimeout()
-    fd[0] = sock.fileno()
-    timeout[0] = -1.0 if value is None else <double>value
+# The socket's own methods, called unbound on sockets whose class keeps
+# them: no attribute lookup and no bound method per call.
+cdef object _sock_fileno = socket.socket.fileno
+cdef object _sock_gettimeout = socket.socket.gettimeout
+
+
+cdef bint _fd_layout_known():
+    """Whether fs_socket_fd() reads what fileno() returns, open or closed."""
+    a, b = socket.socketpair()
+    with a, b:
+        known = (fs_socket_fd(a) == a.fileno() != fs_socket_fd(b) == b.fileno())
+    return known and fs_socket_fd(a) == a.fileno() == -1
+
+
+# Whether a socket's descriptor may be read from its C object, saving the
+# fileno() call that each recv()/send() would otherwise make.
+cdef bint FD_IN_OBJECT = _fd_layout_known()
+
+# The timeout of a call that has not needed it yet.
+cdef double UNREAD = -2.0
+
+
+cdef struct _Call:
+    # One socket call: whether the socket is a plain one (see _is_plain),
+    # the descriptor, the socket's timeout (-1 for None, read when the call
+    # first finds that it would wait) and the deadline of a positive
+    # timeout (0 until the first wait).
+    bint plain
+    int fd
+    double timeout
+    double deadline
+
+
+cdef int _start_call(object sock, bint plain, _Call *call) except -1:
+    """Read the descriptor now (the timeout only when a call has to wait)."""
+    call.plain = plain
+    if not plain:
+        call.fd = sock.fileno()
+    elif FD_IN_OBJECT:
+        call.fd = fs_socket_fd(sock)
+    else:
+        call.fd = _sock_fileno(sock)
+    call.timeout = UNREAD
+    call.deadline = 0
     return 0
+
+
+cdef double _call_timeout(object sock, _Call *call) except? -3:
+    cdef object value
+    if call.timeout == UNREAD:
+        value = _sock_gettimeout(sock) if call.plain else sock.gettimeout()
+        call.timeout = -1.0 if value is None else <double>value
+    return call.timeout
 
 
 cdef int _wait(int fd, bint sending, double deadline) except -1:
@@ -139,22 +187,28 @@ cdef int _wait(int fd, bint sending, double deadline) except -1:
         PyErr_CheckSignals()
 
 
-cdef Py_ssize_t _transfer(int fd, bint sending, char *data, Py_ssize_t size,
-                          double timeout, double *deadline) except -1:
-    """One ``recv()`` or ``send()`` on ``fd``, as the socket module makes it.
+cdef Py_ssize_t _transfer(object sock, _Call *call, bint sending, char *data,
+                          Py_ssize_t size) except -1:
+    """One ``recv()`` or ``send()`` on the socket, as the socket module makes
+    it.  Returns the byte count, WOULD_BLOCK or TIMED_OUT; raises OSError
+    otherwise.
 
-    ``timeout`` is the socket's (negative: blocking).  A positive one waits
-    until ``deadline[0]``, which the first wait sets when it is 0.  Returns
-    the byte count, WOULD_BLOCK or TIMED_OUT; raises OSError otherwise.
+    The call releases the GIL even when it will not wait.  Keeping it (with
+    MSG_DONTWAIT) looks cheaper but is not: with many handler threads on a
+    core, threads woken by their peers' data preempt the one in the call,
+    find the GIL taken and sleep again (about three context switches per
+    echoed line instead of one, at 256 connections).  The timeout is only
+    read once the call would wait: the descriptor blocks exactly when the
+    timeout is None.
     """
     cdef ssize_t n
     cdef int err
     while True:
         with nogil:
             if sending:
-                n = send(fd, data, <size_t>size, MSG_NOSIGNAL)
+                n = send(call.fd, data, <size_t>size, MSG_NOSIGNAL)
             else:
-                n = recv(fd, data, <size_t>size, 0)
+                n = recv(call.fd, data, <size_t>size, 0)
             err = errno
         if n >= 0:
             return n
@@ -163,37 +217,33 @@ cdef Py_ssize_t _transfer(int fd, bint sending, char *data, Py_ssize_t size,
             continue
         if err != EAGAIN and err != EWOULDBLOCK:
             return _raise_errno(err)
-        if timeout <= 0:
+        if _call_timeout(sock, call) <= 0:
             return WOULD_BLOCK
-        if deadline[0] == 0:
-            deadline[0] = _monotonic() + timeout
-        if not _wait(fd, sending, deadline[0]):
+        if call.deadline == 0:
+            call.deadline = _monotonic() + call.timeout
+        if not _wait(call.fd, sending, call.deadline):
             return TIMED_OUT
 
 
-cdef Py_ssize_t _send_once(object sock, const char *data,
+cdef Py_ssize_t _send_once(object sock, bint plain, const char *data,
                            Py_ssize_t size) except -1:
     """``socket.send()``: one send, WOULD_BLOCK when it cannot go now."""
-    cdef int fd = -1
-    cdef double timeout = -1, deadline = 0
-    _socket_state(sock, &fd, &timeout)
-    cdef Py_ssize_t n = _transfer(fd, True, <char *>data, size, timeout,
-                                  &deadline)
+    cdef _Call call
+    _start_call(sock, plain, &call)
+    cdef Py_ssize_t n = _transfer(sock, &call, True, <char *>data, size)
     if n == TIMED_OUT:
         raise TimeoutError("timed out")
     return n
 
 
-cdef int _send_all(object sock, const char *data, Py_ssize_t size) except -1:
+cdef int _send_all(object sock, bint plain, const char *data,
+                   Py_ssize_t size) except -1:
     """``socket.sendall()``: the timeout bounds the whole call."""
-    cdef int fd = -1
-    cdef double timeout = -1, deadline = 0
+    cdef _Call call
     cdef Py_ssize_t n
-    _socket_state(sock, &fd, &timeout)
-    if timeout > 0:
-        deadline = _monotonic() + timeout
+    _start_call(sock, plain, &call)
     while True:
-        n = _transfer(fd, True, <char *>data, size, timeout, &deadline)
+        n = _transfer(sock, &call, True, <char *>data, size)
         if n == TIMED_OUT:
             raise TimeoutError("timed out")
         if n == WOULD_BLOCK:
@@ -204,8 +254,13 @@ cdef int _send_all(object sock, const char *data, Py_ssize_t size) except -1:
         PyErr_CheckSignals()
         if size <= 0:
             return 0
-        if timeout > 0 and deadline <= _monotonic():
-            raise TimeoutError("timed out")
+        if _call_timeout(sock, &call) > 0:
+            # The clock starts when the first send falls short (that is when
+            # the timeout is read), microseconds after the socket module's.
+            if call.deadline == 0:
+                call.deadline = _monotonic() + call.timeout
+            elif call.deadline <= _monotonic():
+                raise TimeoutError("timed out")
 
 
 # --------------------------------------------------------------------------
@@ -262,6 +317,7 @@ cdef class _Stream:
     """
 
     cdef object _sock
+    cdef bint _plain  # the socket module's own I/O: see _start_call
     cdef bint _closed
 
     cdef int _check_closed(self, str message) except -1:
@@ -404,6 +460,7 @@ cdef class _BufferedStream(_Stream):
         self._size = buffer_size
         sock._io_refs += 1
         self._sock = sock
+        self._plain = _is_plain(sock)
         self._closed = False
 
     def __dealloc__(self):
@@ -539,13 +596,12 @@ cdef class SocketReader(_BufferedStream):
 
     cdef Py_ssize_t _recv(self, char *into, Py_ssize_t size) except -1:
         """One recv() like ``SocketIO.readinto()``: bytes, 0 or WOULD_BLOCK."""
-        cdef int fd = -1
-        cdef double timeout = -1, deadline = 0
+        cdef _Call call
         cdef Py_ssize_t n
         if self._timed_out:
             raise OSError("cannot read from timed out object")
-        _socket_state(self._sock, &fd, &timeout)
-        n = _transfer(fd, False, into, size, timeout, &deadline)
+        _start_call(self._sock, self._plain, &call)
+        n = _transfer(self._sock, &call, False, into, size)
         if n == TIMED_OUT:
             self._timed_out = True
             raise TimeoutError("timed out")
@@ -788,14 +844,16 @@ cdef class SocketReader(_BufferedStream):
     cdef bytes _readline_slow(self, Py_ssize_t limit):
         """readline() once the buffer holds no (allowed) newline: keep what
         it holds, then refill it from the start until a newline, the limit
-        or the end of the stream."""
+        or the end of the stream.  A line that one piece holds, the common
+        case, is returned without a list to join."""
         cdef Py_ssize_t n = self._available()
         cdef const char *newline
-        chunks = []
+        cdef bytes first = None, piece
+        cdef list pieces = None
         if 0 <= limit < n:
             n = limit
         if n:
-            chunks.append(self._take(n))
+            first = self._take(n)
             if limit >= 0:
                 limit -= n
         while True:
@@ -809,12 +867,20 @@ cdef class SocketReader(_BufferedStream):
             if newline != NULL:
                 n = newline - self._buf + 1
             self._pos = 0
-            chunks.append(self._take(n))
+            piece = self._take(n)
+            if first is None:
+                first = piece
+            elif pieces is None:
+                pieces = [first, piece]
+            else:
+                pieces.append(piece)
             if newline != NULL or n == limit:
                 break
             if limit >= 0:
                 limit -= n
-        return b"".join(chunks)
+        if pieces is not None:
+            return b"".join(pieces)
+        return first if first is not None else b""
 
 
 # --------------------------------------------------------------------------
@@ -888,7 +954,8 @@ cdef class BufferedSocketWriter(_BufferedStream):
                 return size
             raise BlockingIOError(EAGAIN, NOT_WITHOUT_BLOCKING, room) from None
         while self._goes_out(size - written):
-            n = _send_once(self._sock, data + written, size - written)
+            n = _send_once(self._sock, self._plain, data + written,
+                           size - written)
             if n == WOULD_BLOCK and size - written == self._size:
                 break  # it fits: keep it for later
             if n == WOULD_BLOCK:
@@ -905,7 +972,8 @@ cdef class BufferedSocketWriter(_BufferedStream):
     cdef int _flush_unlocked(self) except -1:
         cdef Py_ssize_t n
         while self._start < self._end:
-            n = _send_once(self._sock, self._buf + self._start,
+            n = _send_once(self._sock, self._plain,
+                           self._buf + self._start,
                            self._end - self._start)
             if n == WOULD_BLOCK:
                 raise BlockingIOError(EAGAIN, NOT_WITHOUT_BLOCKING, 0)
@@ -932,6 +1000,7 @@ cdef class SocketWriter(_Stream):
 
     def __init__(self, sock):
         self._sock = sock
+        self._plain = _is_plain(sock)
 
     def writable(self):
         return True
@@ -941,7 +1010,8 @@ cdef class SocketWriter(_Stream):
         cdef Py_buffer view
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
-            _send_all(self._sock, <const char *>view.buf, view.len)
+            _send_all(self._sock, self._plain,
+                      <const char *>view.buf, view.len)
             return view.len
         finally:
             PyBuffer_Release(&view)

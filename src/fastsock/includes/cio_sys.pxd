@@ -11,7 +11,22 @@ cdef extern from *:
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
     #endif
+
+    /* The descriptor of a socket module socket, read from its C object:
+       the socket module keeps it first after the object header.
+       fastsock._cio checks that on real sockets before relying on it. */
+    #include <Python.h>
+    typedef struct {
+        PyObject_HEAD
+        int sock_fd;
+    } fs_socket_head;
+
+    static inline int fs_socket_fd(PyObject *sock)
+    {
+        return ((fs_socket_head *)sock)->sock_fd;
+    }
     """
+    int fs_socket_fd(object sock)
 
 
 cdef extern from "<errno.h>":
