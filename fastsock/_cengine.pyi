@@ -7,6 +7,7 @@ from typing_extensions import Self, disjoint_base
 from ._cio import stream_reader as stream_reader
 from ._cio import stream_writer as stream_writer
 from ._server import BaseServer
+from ._workers import WorkerPool as _WorkerPool
 
 NAME: Final = "cython"
 
@@ -22,3 +23,6 @@ class ServeLoop:
     def close(self) -> None: ...
 
 def wait_readable(fd: int, timeout: float | None) -> bool: ...
+
+# fastsock._workers.WorkerPool as compiled into fastsock._cworkers.
+def WorkerPool(server: BaseServer) -> _WorkerPool: ...

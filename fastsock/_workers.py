@@ -17,6 +17,14 @@ server's loop to stop accepting when the limit is reached and to resume when
 a request finishes.  Both happen under the pool lock, so a request that ends
 while another is being handed off can never leave the server paused.
 
+One source, two builds: the pure engine imports this module as it is;
+setup.py also compiles it, unchanged, with Cython into
+``fastsock._cworkers``, typed by ``_workers.pxd`` (the pool and its workers
+become extension types; the hand-off and the worker's loop run as C), and
+the compiled engine uses that build.  Each engine names its pool class
+(``engine.WorkerPool``), so the pool semantics are written, and tested,
+once.
+
 ``ChildReaper`` finds the exited children of a ForkingMixIn server.
 """
 
@@ -51,10 +59,16 @@ class WorkerPool:
     ``len()`` is the number of live workers, busy or idle; ``close()`` (what
     ``server_close()`` calls) releases the idle ones and optionally waits for
     the non-daemon ones to finish their requests.
+
+    A worker runs each request with ``run_request(request, client_address)``,
+    by default ``server.process_request_thread`` looked up per request; the
+    compiled engine passes its own runner, which calls that hook where the
+    server overrides it and otherwise does its work with fewer Python calls.
     """
 
-    def __init__(self, server):
+    def __init__(self, server, run_request=None):
         self._server = server
+        self._run_request = run_request
         self._lock = threading.Lock()
         self._idle = []          # parked workers, most recently parked last
         self._workers = set()    # live workers
@@ -142,11 +156,15 @@ class WorkerPool:
 
     def _work(self, worker):
         server = self._server
+        run_request = self._run_request
         while True:
             request, client_address = worker.request, worker.client_address
             worker.request = worker.client_address = None
             try:
-                server.process_request_thread(request, client_address)
+                if run_request is None:
+                    server.process_request_thread(request, client_address)
+                else:
+                    run_request(request, client_address)
             except BaseException:
                 # SystemExit and the like end this worker; the exception
                 # goes on to threading.excepthook, as in the stdlib.
