@@ -41,6 +41,14 @@ when ``handle`` left the socket and client address as they were.
 Datagrams are received one at a time (no recvmmsg): one received ahead
 would be lost to a KeyboardInterrupt or shutdown() that the standard
 library leaves queued in the socket.
+
+ThreadingMixIn's pool (``WorkerPool`` here) is fastsock._workers' pool as
+setup.py compiles it into fastsock._cworkers.  While the server keeps
+ThreadingMixIn's ``process_request``, the loop hands each request to that
+pool itself, as the hook would.  Its workers run each request through a
+_RequestRunner, which calls ``process_request_thread`` where the server
+overrides it (or a hook it calls) and otherwise does its work here, with
+datagram handlers built in place as above.
 """
 
 from cpython.bytes cimport (
@@ -114,7 +122,7 @@ cdef object SocketType = socket.socket
 cdef object getdefaulttimeout = socket.getdefaulttimeout
 cdef object object_new = object.__new__
 cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
-cdef object THREADING_MIXIN = None
+cdef object THREADING_MIXIN = None  # fastsock's ThreadingMixIn
 cdef tuple HANDLER_BASES = None  # (BaseRequestHandler, DatagramRequestHandler)
 cdef dict DEFAULTS = {}  # (base, name): the method as fastsock defines it
 
