@@ -13,6 +13,7 @@ cdef class _Worker:
 cdef class WorkerPool:
     cdef object _server
     cdef object _run_request
+    cdef object _baton
     cdef object _lock
     cdef readonly list _idle
     cdef set _workers
@@ -26,6 +27,8 @@ cdef class WorkerPool:
 
     @cython.locals(worker=_Worker)
     cpdef submit(self, request, client_address)
+    @cython.locals(worker=_Worker)
+    cdef int _start_worker(self, request, client_address) except -1
     cpdef _work(self, _Worker worker)
     cdef int _claim_slot(self, limit) except -1
     cdef int _pause_accepting(self) except -1

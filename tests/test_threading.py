@@ -393,9 +393,13 @@ def test_each_engine_runs_its_own_build_of_the_pool(engine, no_leaks):
     with serving(server):
         assert exchange(server, b"x\n") == b"x\n"
         module = type(server._workers).__module__
+        wait_until(lambda: idle_workers(server) == 1)
+        baton = type(server._workers._idle[0].baton)
     if engine == "python":
         assert module == "fastsock._workers"
+        assert baton is type(threading.Lock())
     else:
+        assert baton.__module__ == "fastsock._cengine"
         try:
             importlib.import_module("fastsock._cworkers")
         except ImportError:  # built without it: the engine drives _workers
@@ -578,3 +582,55 @@ def test_process_request_overridden_on_a_threading_server_is_called(
         client.sendto(b"after", server.server_address)
         assert client.recv(100) == b"AFTER"
     assert calls == [b"after"]
+
+
+def _batons():
+    """threading.Lock, and the compiled pool's Baton where built."""
+    kinds = [pytest.param(threading.Lock, id="threading.Lock")]
+    try:
+        from fastsock._cengine import Baton
+    except ImportError:
+        pass
+    else:
+        kinds.append(pytest.param(Baton, id="Baton"))
+    return kinds
+
+
+@pytest.mark.parametrize("baton", _batons())
+def test_a_baton_is_a_lock(baton):
+    lock = baton()
+    assert not lock.locked()
+    assert lock.acquire()
+    assert lock.locked()
+    assert lock.acquire(False) is False
+    assert lock.acquire(True, 0.001) is False
+    assert lock.acquire(timeout=0) is False
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1)
+    with pytest.raises(ValueError):
+        lock.acquire(True, -2)
+    with pytest.raises(OverflowError):
+        lock.acquire(True, 1e300)
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+@pytest.mark.parametrize("baton", _batons())
+def test_a_baton_released_in_one_thread_wakes_its_waiter(baton):
+    lock = baton()
+    lock.acquire()
+    woken = []
+
+    def wait():
+        woken.append(lock.acquire(True, TIMEOUT))
+        lock.release()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    lock.release()
+    waiter.join(TIMEOUT)
+    assert woken == [True]
+    assert not lock.locked()
