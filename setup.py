@@ -2,8 +2,8 @@
 
 Every ``src/fastsock/NAME.pyx`` becomes the extension ``fastsock.NAME``.
 ``fastsock/_workers.py`` is also compiled as it is (Cython's pure-Python
-mode, typed by ``fastsock/_workers.pxd``) into ``fastsock._cworkers``, the
-compiled engine's worker pool: one source for both engines' pools.
+mode, typed by ``fastsock/_cworkers.pxd``) into ``fastsock._cworkers``,
+the compiled engine's worker pool: one source for both engines' pools.
 The build never fails for want of the compiled engine: with
 ``FASTSOCK_NO_EXTENSIONS=1``, without Cython, or when compiling fails, the
 package installs with the pure-Python engine alone and says so.

@@ -20,11 +20,11 @@ while another is being handed off can never leave the server paused.
 
 One source, two builds: the pure engine imports this module as it is;
 setup.py also compiles it, unchanged, with Cython into
-``fastsock._cworkers``, typed by ``_workers.pxd`` (the pool and its workers
-become extension types; the hand-off and the worker's loop run as C), and
-the compiled engine uses that build.  Each engine names its pool class
-(``engine.WorkerPool``), so the pool semantics are written, and tested,
-once.
+``fastsock._cworkers``, typed by ``_cworkers.pxd`` (the pool and its
+workers become extension types; the hand-off and the worker's loop run as
+C), and the compiled engine uses that build.  Each engine names its pool
+class (``engine.WorkerPool``), so the pool semantics are written, and
+tested, once.
 
 ``ChildReaper`` finds the exited children of a ForkingMixIn server.
 """
