@@ -1,6 +1,9 @@
 """Build the compiled engine from src/fastsock/*.pyx.
 
 Every ``src/fastsock/NAME.pyx`` becomes the extension ``fastsock.NAME``.
+``fastsock/_workers.py`` is also compiled as it is (Cython's pure-Python
+mode, typed by ``fastsock/_cworkers.pxd``) into ``fastsock._cworkers``,
+the compiled engine's worker pool: one source for both engines' pools.
 The build never fails for want of the compiled engine: with
 ``FASTSOCK_NO_EXTENSIONS=1``, without Cython, or when compiling fails, the
 package installs with the pure-Python engine alone and says so.
@@ -15,6 +18,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join("src", "fastsock")
+# Pure-Python modules also compiled, each as a module of its own.
+PURE_MODE = {"_cworkers": os.path.join("fastsock", "_workers.py")}
 
 
 def _warn(message):
@@ -48,12 +53,15 @@ def extensions():
         # The engine waits with epoll/kqueue/poll() on POSIX descriptors.
         _warn("the compiled engine is not built on Windows")
         return []
-    sources = sorted(glob.glob(os.path.join(HERE, SRC, "*.pyx")))
+    modules = {os.path.splitext(os.path.basename(path))[0]:
+               os.path.relpath(path, HERE)
+               for path in glob.glob(os.path.join(HERE, SRC, "*.pyx"))}
+    modules.update(PURE_MODE)
     only = os.environ.get("FASTSOCK_BUILD_ONLY")  # e.g. "_cio": one module
     if only:
-        sources = [p for p in sources
-                   if os.path.basename(p) == only + ".pyx"]
-    if not sources:
+        modules = {name: source for name, source in modules.items()
+                   if name == only}
+    if not modules:
         return []
     try:
         from Cython.Build import cythonize
@@ -64,15 +72,17 @@ def extensions():
 
     exts = [
         Extension(
-            "fastsock." + os.path.splitext(os.path.basename(path))[0],
-            [os.path.relpath(path, HERE)],
+            "fastsock." + name,
+            [source],
             include_dirs=[os.path.join(SRC, "includes")],
         )
-        for path in sources
+        for name, source in sorted(modules.items())
     ]
     return cythonize(
         exts,
         include_path=[SRC],
+        # The C of a .py file goes here, not beside it in the package.
+        build_dir=os.path.join("build", "cython"),
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

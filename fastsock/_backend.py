@@ -11,6 +11,9 @@ An engine is a module with this interface:
   for ``handle_request``.
 - ``stream_reader(sock, bufsize)`` / ``stream_writer(sock, bufsize)``: the
   ``rfile`` / ``wfile`` of ``StreamRequestHandler``.
+- ``WorkerPool(server)``: the worker pool of a ThreadingMixIn server,
+  ``fastsock._workers.WorkerPool`` in the pure engine and its compiled
+  build (``fastsock._cworkers``) in the compiled one.
 
 The compiled engine is used when it was built, unless the environment
 variable ``FASTSOCK_PURE`` is set to a non-empty value other than ``0``

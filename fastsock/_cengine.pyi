@@ -7,6 +7,7 @@ from typing_extensions import Self, disjoint_base
 from ._cio import stream_reader as stream_reader
 from ._cio import stream_writer as stream_writer
 from ._server import BaseServer
+from ._workers import WorkerPool as _WorkerPool
 
 NAME: Final = "cython"
 
@@ -22,3 +23,14 @@ class ServeLoop:
     def close(self) -> None: ...
 
 def wait_readable(fd: int, timeout: float | None) -> bool: ...
+
+# fastsock._workers.WorkerPool as compiled into fastsock._cworkers.
+def WorkerPool(server: BaseServer) -> _WorkerPool: ...
+
+# The compiled pool's baton: threading.Lock's interface, released without
+# the GIL.
+@disjoint_base
+class Baton:
+    def acquire(self, blocking: bool = True, timeout: float = -1.0) -> bool: ...
+    def release(self) -> None: ...
+    def locked(self) -> bool: ...

@@ -20,6 +20,8 @@ import select
 import socket
 from time import monotonic
 
+from ._workers import WorkerPool  # the engine's pool: see _backend
+
 NAME = "python"
 
 

@@ -30,7 +30,7 @@ import threading
 from time import monotonic
 
 from . import _backend
-from ._workers import ChildReaper, WorkerPool
+from ._workers import ChildReaper
 
 _PY311 = sys.version_info >= (3, 11)
 _PY312 = sys.version_info >= (3, 12)
@@ -682,7 +682,8 @@ class _NoThreads:
 class ThreadingMixIn:
     """Mix-in that runs each request in a thread of its own.
 
-    Threads are reused (``fastsock._workers.WorkerPool``): a request goes to
+    Threads are reused (``fastsock._workers.WorkerPool``, the engine's
+    build of it, made at the first request): a request goes to
     an idle worker when there is one, and a new worker starts only when none
     is idle; a worker idle for ``worker_idle_timeout`` seconds (None: never)
     exits.  One request runs per thread at a time, through
@@ -724,7 +725,8 @@ class ThreadingMixIn:
         pool = self._workers
         if pool is None:
             # setdefault: two threads calling handle_request() get one pool.
-            pool = vars(self).setdefault("_workers", WorkerPool(self))
+            pool = vars(self).setdefault("_workers",
+                                         _backend.engine().WorkerPool(self))
             if self.block_on_close:
                 # What server_close() waits for, and what len() counts.
                 self._threads = pool

@@ -7,7 +7,8 @@ through the server's ``process_request_thread`` and, once done, waits
 ``worker_idle_timeout`` seconds for the next before it exits.
 
 The hand-off is a per-worker lock used as a baton: an idle worker blocks
-acquiring its own baton; ``submit`` stores the request on the worker and
+acquiring its own baton; ``submit`` stores the request on the worker and,
+once it has let go of the pool lock (the worker's first need when done),
 releases the baton, which is the only thread switch a hand-off costs.  A
 worker whose wait times out leaves the idle list under the pool lock, unless
 a request was handed to it in the meantime, in which case it runs that one.
@@ -16,6 +17,14 @@ With ``max_threads`` set, the pool counts running requests and asks the
 server's loop to stop accepting when the limit is reached and to resume when
 a request finishes.  Both happen under the pool lock, so a request that ends
 while another is being handed off can never leave the server paused.
+
+One source, two builds: the pure engine imports this module as it is;
+setup.py also compiles it, unchanged, with Cython into
+``fastsock._cworkers``, typed by ``_cworkers.pxd`` (the pool and its
+workers become extension types; the hand-off and the worker's loop run as
+C), and the compiled engine uses that build.  Each engine names its pool
+class (``engine.WorkerPool``), so the pool semantics are written, and
+tested, once.
 
 ``ChildReaper`` finds the exited children of a ForkingMixIn server.
 """
@@ -37,8 +46,8 @@ _STOP = _Stop()
 class _Worker:
     __slots__ = ("baton", "request", "client_address", "thread")
 
-    def __init__(self, request, client_address):
-        self.baton = threading.Lock()
+    def __init__(self, request, client_address, baton):
+        self.baton = baton()
         self.baton.acquire()
         self.request = request
         self.client_address = client_address
@@ -51,10 +60,21 @@ class WorkerPool:
     ``len()`` is the number of live workers, busy or idle; ``close()`` (what
     ``server_close()`` calls) releases the idle ones and optionally waits for
     the non-daemon ones to finish their requests.
+
+    What the engines pass: a worker runs each request with
+    ``run_request(request, client_address)``, by default
+    ``server.process_request_thread`` looked up per request; the compiled
+    engine passes its own runner, which calls that hook where the server
+    overrides it and otherwise does its work with fewer Python calls.
+    ``baton`` makes each worker's baton: a lock type with threading.Lock's
+    ``acquire(blocking, timeout)`` and ``release()``; the compiled engine's
+    lets go of the GIL before waking the worker.
     """
 
-    def __init__(self, server):
+    def __init__(self, server, run_request=None, baton=threading.Lock):
         self._server = server
+        self._run_request = run_request
+        self._baton = baton
         self._lock = threading.Lock()
         self._idle = []          # parked workers, most recently parked last
         self._workers = set()    # live workers
@@ -81,25 +101,31 @@ class WorkerPool:
                 self._running += 1
             else:
                 self._claim_slot(limit)
-            if self._idle:
-                worker = self._idle.pop()
-                worker.request = request
-                worker.client_address = client_address
-                worker.baton.release()
+            if not self._idle:
+                self._start_worker(request, client_address)
                 return
-            worker = _Worker(request, client_address)
-            worker.thread = threading.Thread(
-                target=self._work, args=(worker,),
-                daemon=self._server.daemon_threads)
-            self._workers.add(worker)
-            try:
-                # Started under the lock, so that close() never joins a
-                # thread that has not started.
-                worker.thread.start()
-            except BaseException:  # e.g. RuntimeError: can't start thread
-                self._workers.discard(worker)
-                self._end_request()
-                raise
+            worker = self._idle.pop()
+            worker.request = request
+            worker.client_address = client_address
+        # Out of its idle list, the worker waits for this release alone,
+        # even where its wait ran out meanwhile (see _park).
+        worker.baton.release()
+
+    def _start_worker(self, request, client_address):
+        """A new worker for the request; lock held."""
+        worker = _Worker(request, client_address, self._baton)
+        worker.thread = threading.Thread(
+            target=self._work, args=(worker,),
+            daemon=self._server.daemon_threads)
+        self._workers.add(worker)
+        try:
+            # Started under the lock, so that close() never joins a
+            # thread that has not started.
+            worker.thread.start()
+        except BaseException:  # e.g. RuntimeError: can't start thread
+            self._workers.discard(worker)
+            self._end_request()
+            raise
 
     def _claim_slot(self, limit):
         """Count one more running request, at most ``limit``; lock held.
@@ -142,11 +168,15 @@ class WorkerPool:
 
     def _work(self, worker):
         server = self._server
+        run_request = self._run_request
         while True:
             request, client_address = worker.request, worker.client_address
             worker.request = worker.client_address = None
             try:
-                server.process_request_thread(request, client_address)
+                if run_request is None:
+                    server.process_request_thread(request, client_address)
+                else:
+                    run_request(request, client_address)
             except BaseException:
                 # SystemExit and the like end this worker; the exception
                 # goes on to threading.excepthook, as in the stdlib.

@@ -120,6 +120,7 @@ def test_sdist_has_sources_and_builds_a_pure_wheel(tmp_path):
               | _relative(tree, "tests/**/*")
               | _relative(tree, "fastsock/*.py")
               | _relative(tree, "fastsock/*.pyi")
+              | _relative(tree, "fastsock/*.pxd")
               | _relative(tree, "src/fastsock/*.pyx")
               | _relative(tree, "src/fastsock/*.pxd")
               | _relative(tree, "src/fastsock/includes/*"))

@@ -5,6 +5,7 @@ nothing here measures speed.
 """
 
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -381,3 +382,255 @@ def test_idle_workers_do_not_delay_interpreter_exit(engine):
     proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT], env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# -- the engines' pools, and what a worker calls -------------------------------
+
+def test_each_engine_runs_its_own_build_of_the_pool(engine, no_leaks):
+    # One source (fastsock/_workers.py): imported as it is by the pure
+    # engine, compiled into fastsock._cworkers for the compiled one.
+    server = fastsock.ThreadingTCPServer((HOST, 0), LineEcho)
+    with serving(server):
+        assert exchange(server, b"x\n") == b"x\n"
+        module = type(server._workers).__module__
+        wait_until(lambda: idle_workers(server) == 1)
+        baton = type(server._workers._idle[0].baton)
+    if engine == "python":
+        assert module == "fastsock._workers"
+        assert baton is type(threading.Lock())
+    else:
+        assert baton.__module__ == "fastsock._cengine"
+        try:
+            importlib.import_module("fastsock._cworkers")
+        except ImportError:  # built without it: the engine drives _workers
+            assert module == "fastsock._workers"
+        else:
+            assert module == "fastsock._cworkers"
+
+
+class UpperDatagram(fastsock.DatagramRequestHandler):
+    def handle(self):
+        self.server.seen.append((threading.get_ident(), sorted(vars(self))))
+        self.wfile.write(self.rfile.read().upper())
+
+
+WORKER_HOOKS = ["process_request_thread", "finish_request",
+                "shutdown_request", "close_request"]
+
+
+def recording_udp_server(calls, hooks, on_instance):
+    """A ThreadingUDPServer whose ``hooks`` note their calls in ``calls``,
+    overridden on its class or, ``on_instance``, on the instance."""
+    def recorder(name):
+        def hook(self, *args):
+            calls.append((name, threading.get_ident()))
+            return getattr(fastsock.ThreadingUDPServer, name)(self, *args)
+        return hook
+
+    if on_instance:
+        server = fastsock.ThreadingUDPServer((HOST, 0), UpperDatagram)
+        for name in hooks:
+            setattr(server, name, recorder(name).__get__(server))
+    else:
+        cls = type("Recording", (fastsock.ThreadingUDPServer,),
+                   {name: recorder(name) for name in hooks})
+        server = cls((HOST, 0), UpperDatagram)
+    server.seen = []
+    return server
+
+
+@pytest.mark.parametrize("on_instance", [False, True],
+                         ids=["class", "instance"])
+@pytest.mark.parametrize("hook", WORKER_HOOKS)
+def test_a_worker_calls_each_overridden_hook(engine, no_leaks, hook,
+                                             on_instance):
+    # The compiled engine's workers do the default hooks' work in place;
+    # an override, of any one of them, is called, in the worker.
+    calls = []
+    server = recording_udp_server(calls, [hook], on_instance)
+    with serving(server) as runner, datagram_client(server) as client:
+        for n in range(3):
+            client.sendto(b"d%d" % n, server.server_address)
+            assert client.recv(100) == b"D%d" % n
+    assert [name for name, _ in calls] == [hook] * 3
+    assert runner.ident not in {ident for _, ident in calls}
+    assert {ident for ident, _ in server.seen} == {ident for _, ident in calls}
+
+
+def test_a_hook_overridden_while_serving_is_called_from_then_on(engine,
+                                                                no_leaks):
+    calls = []
+    server = recording_udp_server(calls, [], on_instance=False)
+    cls = type(server)
+    with serving(server), datagram_client(server) as client:
+        client.sendto(b"a", server.server_address)
+        assert client.recv(100) == b"A"
+        # The reply leaves before shutdown_request() runs: wait for the
+        # worker to be done.
+        wait_until(lambda: idle_workers(server) == 1)
+        for name in WORKER_HOOKS:
+            def hook(self, *args, name=name):
+                calls.append(name)
+                return getattr(fastsock.ThreadingUDPServer, name)(self, *args)
+            setattr(cls, name, hook)
+        client.sendto(b"b", server.server_address)
+        assert client.recv(100) == b"B"
+        wait_until(lambda: idle_workers(server) == 1)
+        for name in WORKER_HOOKS:
+            delattr(cls, name)
+        client.sendto(b"c", server.server_address)
+        assert client.recv(100) == b"C"
+    assert calls == WORKER_HOOKS
+
+
+def test_a_worker_builds_datagram_handlers_as_the_stdlib_does(engine,
+                                                              no_leaks):
+    # Same attributes, whoever builds the handler; setup() and finish()
+    # overrides run.
+    import socketserver
+
+    events = []
+
+    def handler_class(module):
+        class Handler(module.DatagramRequestHandler):
+            def handle(self):
+                events.append(list(vars(self)))
+                self.wfile.write(self.packet[::-1])
+        return Handler
+
+    class Finishing(handler_class(fastsock)):
+        def setup(self):
+            events.append("setup")
+            super().setup()
+
+        def finish(self):
+            events.append("finish")
+            super().finish()
+
+    for module, handler in [(socketserver, handler_class(socketserver)),
+                            (fastsock, handler_class(fastsock)),
+                            (fastsock, Finishing)]:
+        server = module.ThreadingUDPServer((HOST, 0), handler)
+        with contextlib.ExitStack() as stack:
+            if module is fastsock:
+                stack.enter_context(serving(server))
+            else:
+                stack.enter_context(server)
+                runner = threading.Thread(target=server.serve_forever,
+                                          args=(0.05,))
+                runner.start()
+                stack.callback(runner.join)
+                stack.callback(server.shutdown)
+            client = stack.enter_context(datagram_client(server))
+            client.sendto(b"abc", server.server_address)
+            assert client.recv(100) == b"cba"
+    stdlib_attrs, ours, finishing = events[0], events[1], events[2:]
+    assert ours == stdlib_attrs
+    assert finishing == ["setup", stdlib_attrs, "finish"]
+
+
+def test_a_failing_datagram_handler_goes_to_handle_error(engine, no_leaks):
+    errors = []
+
+    class Server(fastsock.ThreadingUDPServer):
+        def handle_error(self, request, client_address):
+            errors.append((request[0], client_address, sys.exc_info()[0],
+                           threading.get_ident()))
+
+    class Handler(fastsock.DatagramRequestHandler):
+        def handle(self):
+            if self.packet == b"fail":
+                raise ValueError("asked for")
+            self.wfile.write(self.packet)
+
+    server = Server((HOST, 0), Handler)
+    with serving(server) as runner, datagram_client(server) as client:
+        client_address = client.getsockname()
+        client.sendto(b"fail", server.server_address)
+        # finish() ran anyway: an empty reply, as in the stdlib.
+        assert client.recv(100) == b""
+        client.sendto(b"ok", server.server_address)
+        assert client.recv(100) == b"ok"
+    [(packet, address, kind, ident)] = errors
+    assert (packet, address, kind) == (b"fail", client_address, ValueError)
+    assert ident != runner.ident
+
+
+@pytest.mark.parametrize("on_instance", [False, True],
+                         ids=["class", "instance"])
+def test_process_request_overridden_on_a_threading_server_is_called(
+        engine, no_leaks, on_instance):
+    # The compiled loop hands a datagram to the pool itself only while
+    # process_request is ThreadingMixIn's own.
+    calls = []
+    server = fastsock.ThreadingUDPServer((HOST, 0), UpperDatagram)
+    server.seen = []
+
+    def process_request(self, request, client_address):
+        calls.append(request[0])
+        fastsock.ThreadingUDPServer.process_request(self, request,
+                                                    client_address)
+
+    with serving(server), datagram_client(server) as client:
+        client.sendto(b"before", server.server_address)
+        assert client.recv(100) == b"BEFORE"
+        if on_instance:
+            server.process_request = process_request.__get__(server)
+        else:
+            server.__class__ = type("Overriding", (type(server),),
+                                    {"process_request": process_request})
+        client.sendto(b"after", server.server_address)
+        assert client.recv(100) == b"AFTER"
+    assert calls == [b"after"]
+
+
+def _batons():
+    """threading.Lock, and the compiled pool's Baton where built."""
+    kinds = [pytest.param(threading.Lock, id="threading.Lock")]
+    try:
+        from fastsock._cengine import Baton
+    except ImportError:
+        pass
+    else:
+        kinds.append(pytest.param(Baton, id="Baton"))
+    return kinds
+
+
+@pytest.mark.parametrize("baton", _batons())
+def test_a_baton_is_a_lock(baton):
+    lock = baton()
+    assert not lock.locked()
+    assert lock.acquire()
+    assert lock.locked()
+    assert lock.acquire(False) is False
+    assert lock.acquire(True, 0.001) is False
+    assert lock.acquire(timeout=0) is False
+    with pytest.raises(ValueError):
+        lock.acquire(False, 1)
+    with pytest.raises(ValueError):
+        lock.acquire(True, -2)
+    with pytest.raises(OverflowError):
+        lock.acquire(True, 1e300)
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
+    assert lock.acquire(blocking=False)
+    lock.release()
+
+
+@pytest.mark.parametrize("baton", _batons())
+def test_a_baton_released_in_one_thread_wakes_its_waiter(baton):
+    lock = baton()
+    lock.acquire()
+    woken = []
+
+    def wait():
+        woken.append(lock.acquire(True, TIMEOUT))
+        lock.release()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    lock.release()
+    waiter.join(TIMEOUT)
+    assert woken == [True]
+    assert not lock.locked()

@@ -99,7 +99,9 @@ for pyx in "$WORK"/checkout/src/fastsock/*.pyx; do
     grep -q "^fastsock/$module\.cpython-.*\.so " "$WORK/wheel.txt" \
         || { echo "FAIL: the wheel lacks the compiled $module"; exit 1; }
 done
-echo "every src/fastsock/*.pyx is compiled into the wheel"
+grep -q "^fastsock/_cworkers\.cpython-.*\.so " "$WORK/wheel.txt" \
+    || { echo "FAIL: the wheel lacks the compiled _workers (_cworkers)"; exit 1; }
+echo "every src/fastsock/*.pyx, and _workers.py, is compiled into the wheel"
 
 step "auditwheel show / repair"
 auditwheel show "$WHEEL"

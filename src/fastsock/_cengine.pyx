@@ -41,6 +41,14 @@ when ``handle`` left the socket and client address as they were.
 Datagrams are received one at a time (no recvmmsg): one received ahead
 would be lost to a KeyboardInterrupt or shutdown() that the standard
 library leaves queued in the socket.
+
+ThreadingMixIn's pool (``WorkerPool`` here) is fastsock._workers' pool as
+setup.py compiles it into fastsock._cworkers.  While the server keeps
+ThreadingMixIn's ``process_request``, the loop hands each request to that
+pool itself, as the hook would.  Its workers run each request through a
+_RequestRunner, which calls ``process_request_thread`` where the server
+overrides it (or a hook it calls) and otherwise does its work here, with
+datagram handlers built in place as above.
 """
 
 from cpython.bytes cimport (
@@ -48,6 +56,9 @@ from cpython.bytes cimport (
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject_AsFileDescriptor
+from cpython.pythread cimport (
+    PY_LOCK_ACQUIRED, PyLockStatus, PyThread_allocate_lock,
+    PyThread_free_lock, PyThread_release_lock, PyThread_type_lock)
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.errno cimport EAGAIN, EINTR
 from libc.limits cimport INT_MAX
@@ -83,6 +94,13 @@ cdef extern from "<string.h>" nogil:
     size_t strnlen(const char *s, size_t maxlen)
 
 
+cdef extern from "pythread.h" nogil:
+    ctypedef long long PY_TIMEOUT_T
+    PY_TIMEOUT_T PY_TIMEOUT_MAX  # microseconds
+    PyLockStatus PyThread_acquire_lock_timed(
+        PyThread_type_lock lock, PY_TIMEOUT_T microseconds, int intr_flag)
+
+
 cdef enum RequestPath:
     GENERIC     # server._handle_request_noblock()
     STREAM      # accept in C
@@ -114,16 +132,19 @@ cdef object SocketType = socket.socket
 cdef object getdefaulttimeout = socket.getdefaulttimeout
 cdef object object_new = object.__new__
 cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
+cdef object THREADING_MIXIN = None  # fastsock's ThreadingMixIn
 cdef tuple HANDLER_BASES = None  # (BaseRequestHandler, DatagramRequestHandler)
 cdef dict DEFAULTS = {}  # (base, name): the method as fastsock defines it
 
 
 cdef tuple _bases():
-    global BASES
+    global BASES, THREADING_MIXIN
     if BASES is None:
         # Imported late: fastsock._server imports the engines.
-        from fastsock._server import BaseServer, TCPServer, UDPServer
+        from fastsock._server import (
+            BaseServer, TCPServer, ThreadingMixIn, UDPServer)
         BASES = (BaseServer, TCPServer, UDPServer)
+        THREADING_MIXIN = ThreadingMixIn
     return BASES
 
 
@@ -195,6 +216,213 @@ cdef object _address(const sockaddr *addr, socklen_t addrlen):
         path, strnlen(path, sizeof(sockaddr_storage) - path_offset))
 
 
+cdef class _InPlaceHandlers:
+    """Whether a handler class runs as fastsock's DatagramRequestHandler
+    does, all but handle() its own: a plain class that keeps object.__new__,
+    BaseRequestHandler.__init__ and DatagramRequestHandler's setup() and
+    finish().  The answer for the last class asked about is kept until the
+    class (or a base) changes, as for the server's hooks."""
+
+    cdef object _cls
+    cdef unsigned int _version
+    cdef bint _inline
+
+    cdef bint accepts(self, cls) except -1:
+        if type(cls) is not type:
+            return False  # a metaclass could make calling it do anything
+        cdef unsigned int version = fs_type_version(cls)
+        if cls is self._cls and version != 0 and version == self._version:
+            return self._inline
+        BaseRequestHandler, DatagramRequestHandler = _handler_bases()
+        # Workers share one: set the fields together, after every look-up.
+        cdef bint inline = (
+            getattr(cls, "__new__", None) is object_new
+            and getattr(cls, "__init__", None) is _default(
+                BaseRequestHandler, "__init__")
+            and getattr(cls, "setup", None) is _default(
+                DatagramRequestHandler, "setup")
+            and getattr(cls, "finish", None) is _default(
+                DatagramRequestHandler, "finish"))
+        self._cls = cls
+        self._inline = inline
+        # Read last: the look-ups above gave the class a valid tag.
+        self._version = fs_type_version(cls)
+        return inline
+
+
+cdef object _datagram_handler(cls, request, client_address, server):
+    """The handler ``cls(request, client_address, server)`` builds, up to
+    handle(), for a class that _InPlaceHandlers accepts: what
+    BaseRequestHandler.__init__ and DatagramRequestHandler.setup() do, the
+    same attributes set in the same order.  The caller calls handle(), then
+    does finish()'s work."""
+    handler = object_new(cls)
+    handler.request = request
+    handler.client_address = client_address
+    handler.server = server
+    packet, sock = request
+    handler.packet = packet
+    handler.socket = sock
+    handler.rfile = BytesIO(packet)
+    handler.wfile = BytesIO()
+    return handler
+
+
+try:
+    from fastsock._cworkers import WorkerPool as _CompiledPool
+except ImportError:  # built without it: the pure pool, driven the same way
+    from fastsock._workers import WorkerPool as _CompiledPool
+
+
+def WorkerPool(server):
+    """The worker pool of a ThreadingMixIn server: fastsock._workers'
+    WorkerPool as compiled into fastsock._cworkers, its workers waiting on
+    Batons and running each request through a _RequestRunner."""
+    return _CompiledPool(server, _RequestRunner(server), Baton)
+
+
+cdef class Baton:
+    """What a worker of the compiled pool waits on: a lock with
+    threading.Lock's ``acquire(blocking=True, timeout=-1)`` and
+    ``release()``, except that release() lets go of the GIL first.
+
+    The loop hands a request over while it holds the GIL.  Woken by
+    threading.Lock.release(), the worker would at once wait for the GIL, and
+    the two threads would take turns on the CPU until the loop next let go
+    of it; woken here, it finds the GIL free and runs its request.  On a
+    busy datagram server that is about one thread switch per hand-off
+    instead of three or more."""
+
+    cdef PyThread_type_lock _lock
+    cdef bint _locked
+
+    def __cinit__(self):
+        self._lock = PyThread_allocate_lock()
+        if self._lock == NULL:
+            raise MemoryError
+
+    def __dealloc__(self):
+        if self._lock != NULL:
+            if self._locked:
+                PyThread_release_lock(self._lock)
+            PyThread_free_lock(self._lock)
+
+    def acquire(self, bint blocking=True, double timeout=-1):
+        """As threading.Lock.acquire; the GIL is released while waiting."""
+        cdef PY_TIMEOUT_T microseconds = -1
+        cdef PyLockStatus status
+        if not blocking:
+            if timeout != -1:
+                raise ValueError("can't specify a timeout for a "
+                                 "non-blocking call")
+            microseconds = 0
+        elif timeout != -1:
+            if timeout < 0:
+                raise ValueError("timeout value must be a non-negative "
+                                 "number")
+            if timeout * 1e6 > PY_TIMEOUT_MAX:
+                raise OverflowError("timeout value is too large")
+            microseconds = <PY_TIMEOUT_T>ceil(timeout * 1e6)
+        with nogil:
+            # Retried where a signal interrupts it: signal handlers run in
+            # the main thread, never in a worker.
+            status = PyThread_acquire_lock_timed(self._lock, microseconds, 0)
+        if status != PY_LOCK_ACQUIRED:
+            return False
+        self._locked = True
+        return True
+
+    def release(self):
+        """As threading.Lock.release, the waiter woken without the GIL."""
+        if not self._locked:
+            raise RuntimeError("release unlocked lock")
+        self._locked = False
+        with nogil:
+            PyThread_release_lock(self._lock)
+
+    def locked(self):
+        return self._locked
+
+
+# The hooks whose defaults _RequestRunner does in place.
+cdef tuple RUNNER_HOOKS = (
+    "process_request_thread", "finish_request", "shutdown_request",
+    "close_request")
+
+
+cdef class _RequestRunner:
+    """``server.process_request_thread(request, client_address)`` for a
+    worker of the compiled pool.
+
+    A datagram server that keeps ThreadingMixIn's process_request_thread
+    and UDPServer's finish_request, shutdown_request and close_request, and
+    has no tls_context, has that hook's work done here: the handler built
+    as finish_request() builds it, in place (_datagram_handler) for a class
+    that _InPlaceHandlers accepts, its reply then sent with the call
+    DatagramRequestHandler.finish() makes; an Exception goes to
+    handle_error(); shutdown_request() would do nothing.  Any other server
+    has the hook called.  Which applies is decided per request, from the
+    class's version tag and the instance's dict, as the loop decides."""
+
+    cdef object _server
+    cdef _InPlaceHandlers _in_place
+    cdef unsigned int _type_version
+    cdef bint _class_keeps
+
+    def __cinit__(self, server):
+        self._server = server
+        self._in_place = _InPlaceHandlers()
+
+    def __call__(self, request, client_address):
+        server = self._server
+        if not self._keeps_hooks(server):
+            server.process_request_thread(request, client_address)
+            return
+        try:
+            cls = server.RequestHandlerClass
+            if self._in_place.accepts(cls):
+                handler = _datagram_handler(cls, request, client_address,
+                                            server)
+                try:
+                    handler.handle()
+                finally:
+                    handler.socket.sendto(handler.wfile.getvalue(),
+                                          handler.client_address)
+            else:
+                cls(request, client_address, server)
+        except Exception:
+            server.handle_error(request, client_address)
+
+    cdef bint _keeps_hooks(self, server) except -1:
+        cls = type(server)
+        cdef unsigned int version = fs_type_version(cls)
+        cdef bint keeps
+        if version == 0 or version != self._type_version:
+            BaseServer, TCPServer, UDPServer = _bases()
+            keeps = (
+                getattr(cls, "process_request_thread", None) is _default(
+                    THREADING_MIXIN, "process_request_thread")
+                and getattr(cls, "finish_request", None) is _default(
+                    UDPServer, "finish_request")
+                and getattr(cls, "shutdown_request", None) is _default(
+                    UDPServer, "shutdown_request")
+                and getattr(cls, "close_request", None) is _default(
+                    UDPServer, "close_request"))
+            # Workers share one: set the fields together.
+            self._class_keeps = keeps
+            # Read last: the look-ups above gave the class a valid tag.
+            self._type_version = fs_type_version(cls)
+        if (not self._class_keeps
+                or getattr(server, "tls_context", None) is not None):
+            return False
+        instance_dict = getattr(server, "__dict__", None)
+        if instance_dict:
+            for name in RUNNER_HOOKS:
+                if name in instance_dict:
+                    return False
+        return True
+
+
 cdef class ServeLoop:
     """The loop of one ``serve_forever()`` call: see the module docstring."""
 
@@ -211,6 +439,7 @@ cdef class ServeLoop:
     cdef int _family, _type, _proto
     cdef bint _call_service_actions
     cdef bint _call_verify, _call_process, _call_finish, _call_shutdown
+    cdef bint _submit_to_pool
     cdef unsigned int _type_version
     cdef object _instance_dict
     cdef unsigned int _watched_mask
@@ -223,15 +452,13 @@ cdef class ServeLoop:
     cdef socklen_t _peer_len
     cdef CachedAddress _addresses[ADDRESS_CACHE_SIZE]
 
-    # The last RequestHandlerClass looked at, and whether it runs in place
-    # (see _inline_handler).
-    cdef object _handler_cls
-    cdef unsigned int _handler_version
-    cdef bint _handler_inline
+    # Whether RequestHandlerClass runs in place.
+    cdef _InPlaceHandlers _in_place
 
     def __cinit__(self, server):
         fs_poller_init(&self._poller)
         self._server = server
+        self._in_place = _InPlaceHandlers()
         cdef int err = fs_poller_open(&self._poller,
                                       PyObject_AsFileDescriptor(server.fileno()))
         if err < 0:
@@ -315,6 +542,11 @@ cdef class ServeLoop:
                                            BaseServer)
             self._call_process = not _keeps(server, "process_request",
                                             BaseServer)
+            # ThreadingMixIn's own process_request only hands the request
+            # to the server's pool, once it has made one.
+            self._submit_to_pool = (
+                self._call_process
+                and _keeps(server, "process_request", THREADING_MIXIN))
             # A datagram handed to another thread (ThreadingMixIn) needs
             # the GIL there: a batch taken meanwhile would keep its worker
             # waiting and the idle ones busy, making more threads start.
@@ -490,13 +722,17 @@ cdef class ServeLoop:
             return 0
         try:
             if self._call_process:
-                server.process_request(request, client_address)
+                pool = server._workers if self._submit_to_pool else None
+                if pool is None:
+                    server.process_request(request, client_address)
+                else:
+                    pool.submit(request, client_address)
             else:
                 if self._call_finish:
                     server.finish_request(request, client_address)
                 else:
                     handler_cls = server.RequestHandlerClass
-                    if self._path == DATAGRAM and self._inline_handler(
+                    if self._path == DATAGRAM and self._in_place.accepts(
                             handler_cls):
                         self._run_datagram_handler(handler_cls, request,
                                                    client_address)
@@ -511,47 +747,12 @@ cdef class ServeLoop:
             raise
         return 0
 
-    cdef bint _inline_handler(self, cls) except -1:
-        """Whether the handler class runs as fastsock's
-        DatagramRequestHandler does, all but handle() its own: a plain class
-        that keeps object.__new__, BaseRequestHandler.__init__ and
-        DatagramRequestHandler's setup() and finish().  Checked again when
-        the class (or a base) changes, like the server's hooks."""
-        if type(cls) is not type:
-            return False  # a metaclass could make calling it do anything
-        cdef unsigned int version = fs_type_version(cls)
-        if (cls is self._handler_cls and version != 0
-                and version == self._handler_version):
-            return self._handler_inline
-        BaseRequestHandler, DatagramRequestHandler = _handler_bases()
-        self._handler_cls = cls
-        self._handler_inline = (
-            getattr(cls, "__new__", None) is object_new
-            and getattr(cls, "__init__", None) is _default(
-                BaseRequestHandler, "__init__")
-            and getattr(cls, "setup", None) is _default(
-                DatagramRequestHandler, "setup")
-            and getattr(cls, "finish", None) is _default(
-                DatagramRequestHandler, "finish"))
-        # Read last: the look-ups above gave the class a valid tag.
-        self._handler_version = fs_type_version(cls)
-        return self._handler_inline
-
     cdef int _run_datagram_handler(self, cls, request,
                                    client_address) except -1:
         """``cls(request, client_address, server)`` for a class that
-        _inline_handler() accepts: BaseRequestHandler.__init__ with
-        DatagramRequestHandler's setup() and finish() done here, setting
-        the same attributes in the same order; only handle() is called."""
-        handler = object_new(cls)
-        handler.request = request
-        handler.client_address = client_address
-        handler.server = self._server
-        packet, sock = request
-        handler.packet = packet
-        handler.socket = sock
-        handler.rfile = BytesIO(packet)
-        handler.wfile = BytesIO()
+        _InPlaceHandlers accepts, the reply sent by _send_reply()."""
+        handler = _datagram_handler(cls, request, client_address,
+                                    self._server)
         try:
             handler.handle()
         finally:
