@@ -27,8 +27,11 @@
  * Until then the server is still accepting, and a server slow to accept would
  * be measured serving fewer connections than asked, which is cheaper per
  * request: a threaded Python server whose accepting thread waits seconds for
- * the GIL behind its busy workers would look faster for it.  Errors in that
- * untimed phase still count; its requests and latencies do not.  settle_ms
+ * the GIL behind its busy workers would look faster for it.  A connection
+ * answered in that phase sends nothing more until all are answered: its
+ * next requests would keep the server from accepting the late ones, which
+ * then time out.  Errors in that untimed phase still count; its requests
+ * and latencies do not.  settle_ms
  * in the result is how long it took.  With -P PID, server_cpu_s is the CPU
  * time (user + system, with reaped children) of process PID when the clock
  * started, so that the caller can leave that phase out of CPU per request.
@@ -84,6 +87,7 @@ struct conn {
     int keep_alive;        /* HTTP/1.1: server did not say Connection: close */
     int want_out;          /* EPOLLOUT armed: the socket buffer was full */
     int answered;          /* had an answer or an error since the run began */
+    int parked;            /* answered while settling: waits for the others */
     uint64_t t0;
 };
 
@@ -101,6 +105,7 @@ static int ep;
 static struct conn *conns;
 static uint64_t completed, late, errors[N_ERROR_KINDS], total_errors;
 static int unanswered;  /* connections without an answer or error yet */
+static int settling;    /* in the untimed phase before the clock starts */
 static char first_error[256];
 static uint32_t *latencies;  /* nanoseconds, clamped */
 static size_t nlat, latcap;
@@ -278,6 +283,8 @@ static void finish_request(struct conn *c) {
     record_latency(now_ns() - c->t0);
     if (is_cpr() || (mode == HTTP11 && !c->keep_alive))
         drop(c);  /* reopened by the main loop */
+    else if (settling)
+        c->parked = 1;  /* its next request would hold up the late ones */
     else
         start_request(c);
 }
@@ -511,7 +518,7 @@ static uint64_t run_once(uint64_t timeout_ns) {
         last_sweep = now;
         for (int i = 0; i < nconns; i++) {
             struct conn *c = &conns[i];
-            if (c->fd >= 0 && now - c->t0 > timeout_ns) {
+            if (c->fd >= 0 && !c->parked && now - c->t0 > timeout_ns) {
                 record_error(c, E_TIMEOUT, "no answer in %.1f s", timeout_s);
                 if (mode == UDP) start_request(c);
                 else drop(c);
@@ -551,8 +558,15 @@ int main(int argc, char **argv) {
     if (!is_cpr() && mode != UDP) {
         uint64_t t = now_ns(), limit = max_requests;
         max_requests = UINT64_MAX;  /* a limit for the timed requests only */
+        settling = 1;
         while (unanswered > 0 && total_errors < max_errors) run_once(timeout_ns);
+        settling = 0;
         settle_ns = now_ns() - t;
+        for (int i = 0; i < nconns; i++)
+            if (conns[i].parked) {
+                conns[i].parked = 0;
+                start_request(&conns[i]);
+            }
         max_requests = limit;
         completed = late = 0;
         nlat = 0;
