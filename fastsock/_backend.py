@@ -19,14 +19,13 @@ The compiled engine is used when it was built, unless the environment
 variable ``FASTSOCK_PURE`` is set to a non-empty value other than ``0``
 when fastsock is imported.  ``use(name)`` switches engines at run time
 (for tests and benchmarks); servers pick the engine up when they next
-start a loop or a handler.  A process forced onto the pure engine does not
-load the compiled modules until asked for them (``available()``, ``use``):
-they would cost it about 0.3 MiB of memory for nothing.
+start a loop or a handler.  Only the engine in use is imported: a process
+forced onto the pure engine does not load the compiled modules (about
+0.3 MiB of memory), nor one on the compiled engine the pure modules (import
+time), until ``available()`` or ``use()`` asks for them.
 """
 
 import os
-
-from . import _pyengine
 
 _cengine = None
 _cengine_tried = False
@@ -45,11 +44,18 @@ def _compiled():
     return _cengine
 
 
+def _pure():
+    """The pure-Python engine module, imported on first need."""
+    from . import _pyengine
+    return _pyengine
+
+
 def _engines():
     """Engine modules by name, the compiled one first when built."""
     compiled = _compiled()
     engines = {} if compiled is None else {compiled.NAME: compiled}
-    engines[_pyengine.NAME] = _pyengine
+    pure = _pure()
+    engines[pure.NAME] = pure
     return engines
 
 
@@ -57,7 +63,7 @@ def _forced_pure():
     return os.environ.get("FASTSOCK_PURE", "") not in ("", "0")
 
 
-_current = _pyengine if _forced_pure() else (_compiled() or _pyengine)
+_current = _pure() if _forced_pure() else (_compiled() or _pure())
 
 
 def engine():

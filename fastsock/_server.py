@@ -30,7 +30,6 @@ import threading
 from time import monotonic
 
 from . import _backend
-from ._workers import ChildReaper
 
 _PY311 = sys.version_info >= (3, 11)
 _PY312 = sys.version_info >= (3, 12)
@@ -597,6 +596,7 @@ if _HAS_FORK:
         def _child_reaper(self):
             reaper = self._reaper
             if reaper is None:
+                from ._workers import ChildReaper  # forking servers only
                 reaper = self._reaper = ChildReaper()
             return reaper
 

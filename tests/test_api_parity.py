@@ -1,6 +1,7 @@
 """fastsock's public API matches the running interpreter's socketserver."""
 
 import inspect
+import os
 import socketserver
 import subprocess
 import sys
@@ -65,3 +66,22 @@ def test_import_stays_light():
                          text=True, check=True).stdout
     assert out.strip() == "[]"
     assert callable(fastsock.install) and callable(fastsock.serve_until_signal)
+
+
+# What `import fastsock` must not load on each engine: the other engine, and
+# (compiled) the worker pool, which only threading servers need.
+NOT_IMPORTED = {
+    "cython": ["fastsock._cworkers", "fastsock._pyengine", "fastsock._workers"],
+    "python": ["fastsock._cengine", "fastsock._cio", "fastsock._cworkers"],
+}
+
+
+@pytest.mark.parametrize("name", fastsock._backend.available())
+def test_import_loads_only_the_engine_in_use(name):
+    code = ("import sys, fastsock; "
+            f"print(fastsock.BACKEND, [m for m in {NOT_IMPORTED[name]!r} "
+            "if m in sys.modules])")
+    env = dict(os.environ, FASTSOCK_PURE="1" if name == "python" else "0")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                         text=True, check=True, env=env).stdout
+    assert out.split(" ", 1) == [name, "[]\n"]

@@ -268,17 +268,16 @@ cdef object _datagram_handler(cls, request, client_address, server):
     return handler
 
 
-try:
-    from fastsock._cworkers import WorkerPool as _CompiledPool
-except ImportError:  # built without it: the pure pool, driven the same way
-    from fastsock._workers import WorkerPool as _CompiledPool
-
-
 def WorkerPool(server):
     """The worker pool of a ThreadingMixIn server: fastsock._workers'
     WorkerPool as compiled into fastsock._cworkers, its workers waiting on
-    Batons and running each request through a _RequestRunner."""
-    return _CompiledPool(server, _RequestRunner(server), Baton)
+    Batons and running each request through a _RequestRunner.  Imported on
+    the first pool: servers without threads never need it."""
+    try:
+        from fastsock._cworkers import WorkerPool as pool_class
+    except ImportError:  # built without it: the pure pool, driven the same way
+        from fastsock._workers import WorkerPool as pool_class
+    return pool_class(server, _RequestRunner(server), Baton)
 
 
 cdef class Baton:

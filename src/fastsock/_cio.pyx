@@ -64,7 +64,6 @@ from includes.cio_sys cimport (
     recv, send,
 )
 
-from fastsock._pyengine import SocketWriter as _PySocketWriter
 
 __all__ = ["stream_reader", "stream_writer", "SocketReader",
            "BufferedSocketWriter", "SocketWriter"]
@@ -1059,6 +1058,8 @@ def stream_writer(sock, bufsize):
     else ``sock.makefile('wb', bufsize)``; compiled when it can be."""
     if not _is_plain(sock):
         if bufsize == 0:
+            # Imported here: most processes never need the pure engine.
+            from fastsock._pyengine import SocketWriter as _PySocketWriter
             return _PySocketWriter(sock)
         return sock.makefile("wb", bufsize)
     if bufsize == 0:
