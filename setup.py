@@ -78,20 +78,24 @@ def extensions():
         )
         for name, source in sorted(modules.items())
     ]
-    return cythonize(
-        exts,
-        include_path=[SRC],
-        # The C of a .py file goes here, not beside it in the package.
-        build_dir=os.path.join("build", "cython"),
-        compiler_directives={
-            "language_level": 3,
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "embedsignature": True,
-        },
-        quiet=True,
-    )
+    try:
+        return cythonize(
+            exts,
+            include_path=[SRC],
+            # The C of a .py file goes here, not beside it in the package.
+            build_dir=os.path.join("build", "cython"),
+            compiler_directives={
+                "language_level": 3,
+                "boundscheck": False,
+                "wraparound": False,
+                "cdivision": True,
+                "embedsignature": True,
+            },
+            quiet=True,
+        )
+    except Exception as exc:  # e.g. a Cython too old for this code
+        _warn(f"Cython could not translate the sources ({exc})")
+        return []
 
 
 setup(ext_modules=extensions(), cmdclass={"build_ext": OptionalBuildExt})

@@ -25,6 +25,7 @@ A forked child runs with the parent's handlers, which do nothing there: a
 child goes on with its request, and the parent decides its fate.
 """
 
+import _thread
 import os
 import signal
 import threading
@@ -58,7 +59,7 @@ def serve_until_signal(server, grace=30.0, *, signals=_DEFAULT_SIGNALS,
         try:
             server.serve_forever(poll_interval)
         except KeyboardInterrupt:
-            if not stop.cut_short.is_set():
+            if not stop.cut_short:
                 raise  # not this function's doing
         finally:
             stop.loop_ended()
@@ -66,7 +67,6 @@ def serve_until_signal(server, grace=30.0, *, signals=_DEFAULT_SIGNALS,
         if not finished:
             server.block_on_close = False  # nothing left worth waiting for
     finally:
-        stop.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         server.server_close()
@@ -78,9 +78,11 @@ class _GracefulStop:
     thread and the main thread share.
 
     The signal handler runs in the main thread between any two bytecodes,
-    also while that thread holds a lock (the pool's, threading's own), so it
-    takes none and starts no thread: it only sets events, which the helper
-    thread, started beforehand, acts on.
+    also while that thread holds a lock (the pool's, threading's own, one of
+    an Event it is setting), so it takes no lock: it sets plain attributes
+    and starts the helper thread with _thread, which takes none either.  No
+    thread is started before the first signal: a forking server would fork
+    a multi-threaded process.
     """
 
     def __init__(self, server, grace):
@@ -96,12 +98,8 @@ class _GracefulStop:
         self._first_signal = None
         self._deadline = None
         self._interrupted = False  # a request in the loop was cut short
-        self._signalled = threading.Event()  # the first signal, or close()
         # Set at the deadline or at a second signal: stop waiting.
-        self.cut_short = threading.Event()
-        self._helper = threading.Thread(target=self._stop, daemon=True,
-                                        name="fastsock graceful stop")
-        self._helper.start()
+        self.cut_short = False
 
     def on_signal(self, signum, frame):
         """The handler of the signals; runs in the main thread."""
@@ -110,9 +108,9 @@ class _GracefulStop:
         if self._first_signal is None:
             self._first_signal = signum
             self._deadline = monotonic() + self._grace
-            self._signalled.set()
+            _thread.start_new_thread(self._stop, ())
             return
-        self.cut_short.set()
+        self.cut_short = True
         # serve_forever() may have returned before loop_ended() ran: its
         # shut-down event tells, and then there is nothing to interrupt.
         if (self._serving
@@ -123,9 +121,6 @@ class _GracefulStop:
     def _stop(self):
         """After the first signal, stop the loop; interrupt it if it is
         still busy at the deadline."""
-        self._signalled.wait()
-        if self._first_signal is None:
-            return  # closed without a signal
         stopper = threading.Thread(target=self._server.shutdown, daemon=True,
                                    name="fastsock shutdown")
         stopper.start()
@@ -133,14 +128,8 @@ class _GracefulStop:
         if not stopper.is_alive():
             return  # the loop ended in time
         with self._lock:
-            if self._serving and not self.cut_short.is_set():
+            if self._serving and not self.cut_short:
                 self._interrupt_main()
-
-    def close(self):
-        """End the helper thread if no signal came."""
-        self._signalled.set()
-        if self._first_signal is None:
-            self._helper.join()
 
     def _interrupt_main(self):
         """Make the main thread run on_signal() again, which raises."""
@@ -148,7 +137,6 @@ class _GracefulStop:
             # A real signal, which also ends a blocking system call.
             signal.pthread_kill(self._main_thread, self._first_signal)
         else:
-            import _thread
             _thread.interrupt_main(self._first_signal)
 
     def loop_ended(self):
@@ -166,7 +154,7 @@ class _GracefulStop:
         if pool is not None:
             pool.close(wait=False)  # idle workers leave now, busy ones later
         while self._requests_running(pool):
-            if self.cut_short.is_set() or monotonic() >= self._deadline:
+            if self.cut_short or monotonic() >= self._deadline:
                 self._kill_children()
                 return False
             sleep(_CHECK_INTERVAL)

@@ -854,3 +854,15 @@ class DatagramRequestHandler(BaseRequestHandler):
 
     def finish(self):
         self.socket.sendto(self.wfile.getvalue(), self.client_address)
+
+
+# The attributes of the classes whose work the compiled engine may do in C,
+# as defined here, taken before user code can patch them: the engine does
+# a hook's work itself only while a server or handler has the very function
+# recorded here, so that a patched base class is called like an override.
+DEFINED = {
+    (cls, name): getattr(cls, name)
+    for cls in (BaseServer, TCPServer, UDPServer, ThreadingMixIn,
+                BaseRequestHandler, DatagramRequestHandler)
+    for name in dir(cls)
+}

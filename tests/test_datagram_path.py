@@ -6,7 +6,10 @@ place; everything here must hold the same under both engines.
 """
 
 import io
+import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -293,3 +296,70 @@ def test_threading_server_answers_every_datagram_of_a_burst(engine,
             _burst(server, client, payloads)
             replies = sorted(client.recv(100) for _ in payloads)
     assert replies == sorted(payload.upper() for payload in payloads)
+
+
+def test_what_setup_reads_back_goes_through_the_handlers_attributes(
+        engine, no_leaks):
+    # DatagramRequestHandler.setup() stores the packet, then reads it back
+    # to make rfile: a property on the handler sees both.
+    class Shouting(fastsock.DatagramRequestHandler):
+        @property
+        def packet(self):
+            return self._packet.upper()
+
+        @packet.setter
+        def packet(self, value):
+            self._packet = value
+
+        def handle(self):
+            self.wfile.write(self.rfile.read())
+
+    server = fastsock.UDPServer((HOST, 0), Shouting)
+    with serving(server), datagram_client(server) as client:
+        client.sendto(b"abc", server.server_address)
+        assert client.recv(100) == b"ABC"
+
+
+PATCHED_BASES = """
+import socket, sys, threading
+import fastsock
+
+calls = []
+for cls, name in [(fastsock.DatagramRequestHandler, "setup"),
+                  (fastsock.ThreadingMixIn, "process_request_thread")]:
+    def patched(self, *args, _original=getattr(cls, name), _name=name):
+        calls.append(_name)
+        return _original(self, *args)
+    setattr(cls, name, patched)
+
+class Echo(fastsock.DatagramRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.read())
+
+for server_class in (fastsock.UDPServer, fastsock.ThreadingUDPServer):
+    server = server_class(("127.0.0.1", 0), Echo)
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(5)
+        for _ in range(2):
+            client.sendto(b"x", server.server_address)
+            assert client.recv(10) == b"x"
+    server.shutdown()
+    loop.join()
+    server.server_close()
+print(fastsock.BACKEND, sorted(calls))
+"""
+
+
+def test_base_class_hooks_patched_before_any_server_are_called(engine):
+    # Patched before the first server ran, a base class's hook still counts
+    # as an override: the compiled engine must not do its work in C.
+    env = dict(os.environ, FASTSOCK_PURE="1" if engine == "python" else "0",
+               PYTHONPATH=os.path.dirname(os.path.dirname(
+                   os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-c", PATCHED_BASES], env=env,
+                         capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert out.split(" ", 1) == [
+        engine, str(["process_request_thread"] * 2 + ["setup"] * 4) + "\n"]

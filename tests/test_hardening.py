@@ -726,6 +726,39 @@ def test_a_second_signal_stops_waiting_at_once(engine):
         assert child.wait() == 3
 
 
+@requires_signals
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
+                    reason="counts threads in /proc")
+def test_no_thread_is_started_before_the_first_signal(engine):
+    # A forking server under serve_until_signal() must fork a process with
+    # one thread (Python 3.12 warns at each fork of a multi-threaded one).
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    seen = []
+
+    class CountThenStop(fastsock.BaseRequestHandler):
+        def handle(self):
+            seen.append(threads())
+            signal.raise_signal(signal.SIGTERM)
+
+    server = fastsock.TCPServer((HOST, 0), CountThenStop)
+
+    def client():
+        with connect(server) as sock:
+            sock.sendall(b"x")
+            sock.recv(1)
+
+    asking = threading.Thread(target=client)
+    asking.start()
+    before = threads()
+    try:
+        assert fastsock.serve_until_signal(server, grace=TIMEOUT) is True
+    finally:
+        asking.join(TIMEOUT)
+    assert seen == [before]
+
+
 class SignalHandled(BaseException):
     """Raised by the test's signal handler, in the main thread; not an
     Exception, so that it ends serve_forever() wherever it is raised."""

@@ -131,10 +131,16 @@ cdef double INF = float("inf")
 cdef object SocketType = socket.socket
 cdef object getdefaulttimeout = socket.getdefaulttimeout
 cdef object object_new = object.__new__
+cdef object object_getattribute = object.__getattribute__
+cdef object object_setattr = object.__setattr__
+# What a datagram handler built in place is given, in this order.
+cdef tuple HANDLER_ATTRIBUTES = (
+    "request", "client_address", "server", "packet", "socket", "rfile",
+    "wfile")
 cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
 cdef object THREADING_MIXIN = None  # fastsock's ThreadingMixIn
 cdef tuple HANDLER_BASES = None  # (BaseRequestHandler, DatagramRequestHandler)
-cdef dict DEFAULTS = {}  # (base, name): the method as fastsock defines it
+cdef dict DEFINED = None  # fastsock._server.DEFINED, once imported
 
 
 cdef tuple _bases():
@@ -158,13 +164,13 @@ cdef tuple _handler_bases():
 
 
 cdef object _default(object base, str name):
-    """``base``'s own ``name`` as it was at the first look, so that a later
-    patch of the base class counts as an override."""
-    key = (base, name)
-    default = DEFAULTS.get(key)
-    if default is None:
-        default = DEFAULTS[key] = getattr(base, name)
-    return default
+    """``base``'s ``name`` as fastsock defines it, taken when its classes
+    were made: a patch of the base class counts as an override."""
+    global DEFINED
+    if DEFINED is None:
+        from fastsock._server import DEFINED as defined
+        DEFINED = defined
+    return DEFINED[base, name]
 
 
 cdef bint _keeps(object server, str name, object base) except -1:
@@ -237,6 +243,10 @@ cdef class _InPlaceHandlers:
         # Workers share one: set the fields together, after every look-up.
         cdef bint inline = (
             getattr(cls, "__new__", None) is object_new
+            # Plain attribute access: setup() reads back what it stored.
+            and getattr(cls, "__getattribute__", None) is object_getattribute
+            and getattr(cls, "__setattr__", None) is object_setattr
+            and not any(hasattr(cls, name) for name in HANDLER_ATTRIBUTES)
             and getattr(cls, "__init__", None) is _default(
                 BaseRequestHandler, "__init__")
             and getattr(cls, "setup", None) is _default(

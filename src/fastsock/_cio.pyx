@@ -35,6 +35,7 @@ already a thin raw object) and for sockets that do their own I/O, such as
 ``ssl.SSLSocket``.
 """
 
+import _socket
 import io
 import os
 import socket
@@ -112,13 +113,19 @@ cdef int _raise_errno(int err) except -1:
 
 # The socket's own methods, called unbound on sockets whose class keeps
 # them: no attribute lookup and no bound method per call.
-cdef object _sock_fileno = socket.socket.fileno
-cdef object _sock_gettimeout = socket.socket.gettimeout
+cdef object _SocketClass = socket.socket
+cdef object _CSocket = _socket.socket
+cdef object _sock_fileno = _SocketClass.fileno
+cdef object _sock_gettimeout = _SocketClass.gettimeout
 
 
 cdef bint _fd_layout_known():
-    """Whether fs_socket_fd() reads what fileno() returns, open or closed."""
-    a, b = socket.socketpair()
+    """Whether fs_socket_fd() reads what fileno() returns, open or closed;
+    False when that cannot be checked (no socket pair to be had)."""
+    try:
+        a, b = socket.socketpair()
+    except OSError:  # e.g. out of descriptors: fileno() it is
+        return False
     with a, b:
         known = (fs_socket_fd(a) == a.fileno() != fs_socket_fd(b) == b.fileno())
     return known and fs_socket_fd(a) == a.fileno() == -1
@@ -1036,9 +1043,12 @@ cdef bint _is_plain(object sock) except -1:
     cls = type(sock)
     plain = _plain_classes.get(cls)
     if plain is None:
-        plain = issubclass(cls, socket.socket) and all(
-            getattr(cls, name) is getattr(socket.socket, name)
-            for name in _IO_METHODS)
+        # The classes as imported, not what socket.socket names now (a
+        # monkey-patching library may have rebound it): the descriptor is
+        # read from the C object, which must be the socket module's.
+        plain = issubclass(cls, _SocketClass) and issubclass(cls, _CSocket) \
+            and all(getattr(cls, name) is getattr(_SocketClass, name)
+                    for name in _IO_METHODS)
         _plain_classes[cls] = plain
     return plain
 
