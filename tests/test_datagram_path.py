@@ -356,8 +356,8 @@ def test_base_class_hooks_patched_before_any_server_are_called(engine):
     # Patched before the first server ran, a base class's hook still counts
     # as an override: the compiled engine must not do its work in C.
     env = dict(os.environ, FASTSOCK_PURE="1" if engine == "python" else "0",
-               PYTHONPATH=os.path.dirname(os.path.dirname(
-                   os.path.abspath(__file__))))
+               # The fastsock under test, installed or in a checkout.
+               PYTHONPATH=os.path.dirname(os.path.dirname(fastsock.__file__)))
     out = subprocess.run([sys.executable, "-c", PATCHED_BASES], env=env,
                          capture_output=True, text=True, timeout=60,
                          check=True).stdout
