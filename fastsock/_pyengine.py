@@ -31,18 +31,16 @@ if hasattr(select, "poll"):
 
         def __init__(self):
             self._poll = select.poll()
+            # wait(ms): ``(fd, events)`` of the ready descriptors, after up
+            # to ``ms`` milliseconds (None: forever).  poll() itself, so that
+            # a loop turn runs no Python frame for it.
+            self.wait = self._poll.poll
 
         def add(self, fd):
             self._poll.register(fd, select.POLLIN)
 
         def remove(self, fd):
             self._poll.unregister(fd)
-
-        def wait(self, timeout):
-            """``(fd, events)`` of the ready descriptors, after up to
-            ``timeout`` seconds."""
-            ms = None if timeout is None else max(timeout * 1000, 0)
-            return self._poll.poll(ms)
 else:  # Windows
     class _Waiter:
         """Waits until some of a few descriptors are readable."""
@@ -56,11 +54,10 @@ else:  # Windows
         def remove(self, fd):
             self._fds.remove(fd)
 
-        def wait(self, timeout):
-            """``(fd, events)`` of the ready descriptors, after up to
-            ``timeout`` seconds."""
-            if timeout is not None:
-                timeout = max(timeout, 0)
+        def wait(self, ms):
+            """``(fd, events)`` of the ready descriptors, after up to ``ms``
+            milliseconds (None: forever)."""
+            timeout = None if ms is None else ms / 1000
             ready = select.select(self._fds, [], [], timeout)[0]
             return [(fd, None) for fd in ready]
 
@@ -90,9 +87,12 @@ class ServeLoop:
         server = self._server
         wait = self._waiter.wait
         wake_fd = self._wake_r.fileno()
+        poll_ms = _ms(poll_interval)
         while not self._stopping:
-            timeout = self._apply_pause(poll_interval)
-            ready = wait(timeout)
+            if self._paused_until is None and self._listening:
+                ready = wait(poll_ms)
+            else:
+                ready = wait(_ms(self._apply_pause(poll_interval)))
             if self._stopping:
                 break
             request_ready = False
@@ -152,11 +152,16 @@ class ServeLoop:
         self._wake_w.close()
 
 
+def _ms(timeout):
+    """A timeout in seconds (None: forever) as _Waiter.wait() takes it."""
+    return None if timeout is None else max(timeout * 1000, 0)
+
+
 def wait_readable(fd, timeout):
     """Wait up to ``timeout`` seconds (None: forever) for ``fd``."""
     waiter = _Waiter()
     waiter.add(fd)
-    return bool(waiter.wait(timeout))
+    return bool(waiter.wait(_ms(timeout)))
 
 
 class SocketWriter(io.BufferedIOBase):

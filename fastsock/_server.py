@@ -587,11 +587,17 @@ if _HAS_FORK:
             children = self.active_children
             if children is None:
                 return
+            # The hot path of the parent calls as few functions as it can:
+            # each one's objects are pages written after the fork, paid for
+            # in copy-on-write faults (see _workers.ChildReaper).
+            reaper = self._reaper or self._child_reaper()
             if blocking:
-                self._child_reaper().reap_all(children)
+                reaper.reap_all(children)
             else:
-                self._child_reaper().reap(children)
-                self._pause_while_full()
+                reaper.reap(children)
+                if (self._full_pause_until is not None
+                        or len(children) >= self.max_children):
+                    self._pause_while_full()
 
         def _child_reaper(self):
             reaper = self._reaper
@@ -633,7 +639,7 @@ if _HAS_FORK:
             children = self.active_children
             if children is None:
                 children = self.active_children = set()
-            reaper = self._child_reaper()
+            reaper = self._reaper or self._child_reaper()
             while children and len(children) >= self.max_children:
                 reaper.reap(children)
                 if len(children) >= self.max_children:
@@ -642,7 +648,9 @@ if _HAS_FORK:
             if pid:
                 children.add(pid)
                 reaper.track(pid)
-                self._pause_while_full()
+                if (self._full_pause_until is not None
+                        or len(children) >= self.max_children):
+                    self._pause_while_full()
                 self.close_request(request)
                 return
             # In the child: never return into the server loop.
