@@ -14,6 +14,9 @@ from typing_extensions import Self, disjoint_base
 __all__ = ["stream_reader", "stream_writer", "SocketReader",
            "BufferedSocketWriter", "SocketWriter"]
 
+# Whether a socket.socket's descriptor can be read from its C object.
+FD_LAYOUT_KNOWN: bool
+
 @disjoint_base
 class _Stream(BufferedIOBase):
     @property

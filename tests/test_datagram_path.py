@@ -66,6 +66,72 @@ def test_interleaved_senders_each_get_their_own_replies(engine, no_leaks):
                 client.close()
 
 
+def test_client_address_is_the_senders_for_every_peer(engine, no_leaks):
+    # Senders on other loopback addresses (1, 2 and 3 digit octets), each
+    # twice: the address is formatted, then found again, per sender.
+    hosts = ["127.0.0.1", "127.9.10.99", "127.100.255.0", "127.1.20.254"]
+    seen = []
+
+    class Record(DatagramEcho):
+        def handle(self):
+            seen.append(self.client_address)
+            super().handle()
+
+    server = fastsock.UDPServer((HOST, 0), Record)
+    with serving(server):
+        clients = []
+        try:
+            for host in hosts:
+                for _ in range(10):
+                    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    clients.append(client)
+                    client.settimeout(TIMEOUT)
+                    try:
+                        client.bind((host, 0))
+                    except OSError:
+                        pytest.skip("no loopback address " + host)
+            expected = []
+            for _ in range(2):
+                for client in clients:
+                    client.sendto(b"x", server.server_address)
+                    assert client.recv(100) == b"X"
+                    expected.append(client.getsockname())
+        finally:
+            for client in clients:
+                client.close()
+    assert seen == expected
+
+
+@pytest.mark.parametrize("also_counts", [False, True])
+def test_hook_set_on_the_instance_mid_burst_applies_to_the_next(
+        engine, no_leaks, also_counts):
+    # The datagrams are queued together; the third one's handler makes the
+    # server refuse the rest, with or without the instance's dict having
+    # changed (a counter) at every request before.
+    refused = []
+
+    class Refusing(DatagramEcho):
+        def handle(self):
+            super().handle()
+            server = self.server
+            if also_counts:
+                server.count = getattr(server, "count", 0) + 1
+            if self.packet == b"d2":
+                server.verify_request = (
+                    lambda request, address: refused.append(request[0]))
+
+    server = fastsock.UDPServer((HOST, 0), Refusing)
+    payloads = [b"d%d" % n for n in range(6)]
+    with datagram_client(server) as client:
+        _burst(server, client, payloads)
+        with serving(server):
+            replies = [client.recv(100) for _ in range(3)]
+            wait_until(lambda: len(refused) == 3, "the refusals")
+        assert not _readable(client)
+    assert replies == [b"D0", b"D1", b"D2"]
+    assert refused == [b"d3", b"d4", b"d5"]
+
+
 def test_handler_sees_what_the_stdlib_handler_sees(engine, no_leaks):
     facts = []
 

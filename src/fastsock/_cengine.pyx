@@ -22,7 +22,9 @@ takes each request one of two ways:
 The choice is made when run() starts and made again whenever the server's
 class (or a base) is modified or a hook is set on or deleted from the
 instance: a class's version tag (includes/type_version.h) and a look at the
-instance's dict tell, per request, at the cost of a few dict lookups.
+instance's dict tell, per request: the dict's keys are looked at again
+only when its own version tag (where the interpreter keeps one that can be
+relied on) has changed.
 
 On the compiled way one wake-up takes up to a batch of requests, one after
 the other, each only once the one before is done, and only while nothing
@@ -71,7 +73,8 @@ from includes.posix_net cimport (
     inet_ntop, ntohl, ntohs, shutdown, sockaddr, sockaddr_in, sockaddr_in6,
     sockaddr_storage, sockaddr_un, socklen_t)
 from includes.poller cimport *
-from includes.type_version cimport fs_type_version
+from includes.cio_sys cimport fs_socket_fd
+from includes.type_version cimport fs_dict_version, fs_type_version
 
 import socket
 from io import BytesIO
@@ -85,9 +88,43 @@ except ImportError:  # built without it: the pure engine's file objects
     from fastsock._pyengine import stream_reader, stream_writer
 
 
+cdef bint _fd_in_object():
+    try:
+        from fastsock._cio import FD_LAYOUT_KNOWN
+    except ImportError:
+        return False
+    return FD_LAYOUT_KNOWN
+
+
+# Whether fs_socket_fd() reads a socket.socket's fileno() (see fastsock._cio).
+cdef bint FD_IN_OBJECT = _fd_in_object()
+
+
 cdef extern from "Python.h":
     object PyUnicode_DecodeFSDefaultAndSize(const char *s, Py_ssize_t size)
     int PySys_Audit(const char *event, const char *format, ...) except -1
+
+
+cdef extern from *:
+    """
+    /* object.__new__(cls) for a class whose instances object's tp_new
+       makes, without the call through the builtin: the same checks as
+       that builtin's (no C base between cls and object with another
+       tp_new), or NULL with nothing raised where they fail, for the
+       caller to make the call. */
+    static PyObject *fs_object_new(PyObject *cls, PyObject *noargs)
+    {
+        PyTypeObject *tp = (PyTypeObject *)cls, *base = tp;
+        newfunc object_new = PyBaseObject_Type.tp_new;
+        while (base != NULL && (base->tp_flags & Py_TPFLAGS_HEAPTYPE))
+            base = base->tp_base;
+        if (tp->tp_new != object_new || base == NULL
+                || base->tp_new != object_new)
+            return NULL;
+        return object_new(tp, noargs, NULL);
+    }
+    """
+    PyObject *fs_object_new(object cls, object noargs) except? NULL
 
 
 cdef extern from "<string.h>" nogil:
@@ -110,9 +147,10 @@ cdef enum RequestPath:
 cdef int BATCH = 64
 
 # Client addresses of recent datagrams, by their sockaddr: a peer that sends
-# again gets the same (immutable) tuple without formatting it anew.
+# again gets the same (immutable) tuple without formatting it anew.  Sized
+# for a few hundred peers taking turns (a power of two).
 cdef enum:
-    ADDRESS_CACHE_SIZE = 64
+    ADDRESS_CACHE_SIZE = 512
     CACHED_SOCKADDR_MAX = 28  # sizeof(struct sockaddr_in6)
 
 cdef struct CachedAddress:
@@ -204,8 +242,8 @@ cdef object _address(const sockaddr *addr, socklen_t addrlen):
         return None  # e.g. a datagram from an unbound Unix socket
     if addr.sa_family == AF_INET:
         sin = <const sockaddr_in *>addr
-        inet_ntop(AF_INET, &sin.sin_addr, host, sizeof(host))
-        return (host.decode("ascii"), ntohs(sin.sin_port))
+        return (_dotted_quad(<const unsigned char *>&sin.sin_addr),
+                ntohs(sin.sin_port))
     if addr.sa_family == AF_INET6:
         sin6 = <const sockaddr_in6 *>addr
         inet_ntop(AF_INET6, &sin6.sin6_addr, host, sizeof(host))
@@ -220,6 +258,25 @@ cdef object _address(const sockaddr *addr, socklen_t addrlen):
     # A NUL-terminated path, in a zeroed sockaddr_storage.
     return PyUnicode_DecodeFSDefaultAndSize(
         path, strnlen(path, sizeof(sockaddr_storage) - path_offset))
+
+
+cdef str _dotted_quad(const unsigned char *octets):
+    """inet_ntop(AF_INET, ...) of 4 octets, without its printf."""
+    cdef char host[16]
+    cdef int i, n = 0
+    cdef unsigned char b
+    for i in range(4):
+        b = octets[i]
+        if b >= 100:
+            host[n] = c'0' + b // 100
+            n += 1
+        if b >= 10:
+            host[n] = c'0' + b // 10 % 10
+            n += 1
+        host[n] = c'0' + b % 10
+        host[n + 1] = c'.'
+        n += 2
+    return host[:n - 1].decode("ascii")
 
 
 cdef class _InPlaceHandlers:
@@ -266,7 +323,12 @@ cdef object _datagram_handler(cls, request, client_address, server):
     BaseRequestHandler.__init__ and DatagramRequestHandler.setup() do, the
     same attributes set in the same order.  The caller calls handle(), then
     does finish()'s work."""
-    handler = object_new(cls)
+    cdef PyObject *made = fs_object_new(cls, ())
+    if made == NULL:
+        handler = object_new(cls)
+    else:
+        handler = <object>made
+        Py_XDECREF(made)  # <object> took a reference of its own
     handler.request = request
     handler.client_address = client_address
     handler.server = server
@@ -452,6 +514,7 @@ cdef class ServeLoop:
     cdef unsigned int _type_version
     cdef object _instance_dict
     cdef unsigned int _watched_mask
+    cdef unsigned long long _instance_dict_version  # 0: not known
 
     # Receive buffer for datagrams, grown to max_packet_size.
     cdef char *_dgram_buf
@@ -526,6 +589,8 @@ cdef class ServeLoop:
         BaseServer, TCPServer, UDPServer = _bases()
         server = self._server
         self._instance_dict = getattr(server, "__dict__", None)
+        # Read first: a change from here on makes the next look scan again.
+        self._instance_dict_version = self._dict_version()
         self._watched_mask = self._watched_on_instance()
         self._call_service_actions = not _keeps(server, "service_actions",
                                                 BaseServer)
@@ -582,13 +647,33 @@ cdef class ServeLoop:
                 bit <<= 1
         return mask
 
+    cdef unsigned long long _dict_version(self):
+        if type(self._instance_dict) is not dict:
+            return 0
+        return fs_dict_version(<dict>self._instance_dict)
+
     cdef int _refresh_path(self) except -1:
         """Choose again if the server's class or instance hooks changed."""
         cdef unsigned int version = fs_type_version(type(self._server))
-        if (version == 0 or version != self._type_version
-                or self._watched_on_instance() != self._watched_mask):
+        cdef unsigned long long dict_version
+        if version == 0 or version != self._type_version:
             self._choose_path()
+            return 0
+        dict_version = self._dict_version()
+        if dict_version != 0 and dict_version == self._instance_dict_version:
+            return 0  # the same keys as at the last look
+        if self._watched_on_instance() != self._watched_mask:
+            self._choose_path()
+        else:
+            self._instance_dict_version = dict_version
         return 0
+
+    cdef int _listener_fd(self) except? -2:
+        """``self._listener.fileno()``, read from the socket object where
+        its layout is known (the listener is a plain socket.socket)."""
+        if FD_IN_OBJECT:
+            return fs_socket_fd(self._listener)
+        return self._listener.fileno()
 
     cdef int _prepare_wait(self, int interval_ms) except? -2:
         """Watch the listener unless paused; return the wait's timeout."""
@@ -614,7 +699,7 @@ cdef class ServeLoop:
         return (self._path == path
                 and self._server.socket is self._listener
                 # Not closed by the request (its number could be reused).
-                and self._listener.fileno() == self._poller.listen_fd)
+                and self._listener_fd() == self._poller.listen_fd)
 
     cdef int _accept_requests(self) except -1:
         """Accept and handle connections while they come, up to a batch."""
@@ -700,6 +785,10 @@ cdef class ServeLoop:
             return _address(<sockaddr *>&self._peer, addrlen)
         for i in range(addrlen):
             h = h * 31 + key[i]
+        # Mixed so that the low bits, which pick the entry, take in all.
+        h ^= h >> 16
+        h *= 0x45d9f3b
+        h ^= h >> 16
         entry = &self._addresses[h % ADDRESS_CACHE_SIZE]
         if (entry.address != NULL and entry.addrlen == addrlen
                 and memcmp(entry.sockaddr, key, addrlen) == 0):
@@ -784,7 +873,7 @@ cdef class ServeLoop:
         address = handler.client_address
         if (address is not client_address or self._peer_len == 0
                 or type(data) is not bytes
-                or sock.fileno() != self._poller.listen_fd):
+                or self._listener_fd() != self._poller.listen_fd):
             sock.sendto(data, address)
             return 0
         PySys_Audit("socket.sendto", "OO", <PyObject *>sock,

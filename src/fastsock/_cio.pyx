@@ -134,6 +134,8 @@ cdef bint _fd_layout_known():
 # Whether a socket's descriptor may be read from its C object, saving the
 # fileno() call that each recv()/send() would otherwise make.
 cdef bint FD_IN_OBJECT = _fd_layout_known()
+# The same, for fastsock._cengine.
+FD_LAYOUT_KNOWN = FD_IN_OBJECT
 
 # The timeout of a call that has not needed it yet.
 cdef double UNREAD = -2.0

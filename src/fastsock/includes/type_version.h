@@ -1,4 +1,5 @@
-/* A type's version tag, for the compiled engine's cached hook decisions.
+/* Version tags of a type and of a dict, for the compiled engine's cached
+ * hook decisions.
  *
  * CPython gives a class a new version tag whenever the class or one of its
  * bases is modified (an attribute assigned or deleted): a decision taken
@@ -15,6 +16,21 @@ static inline unsigned int fs_type_version(PyTypeObject *tp)
     if (!PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG))
         return 0;
     return tp->tp_version_tag;
+}
+
+/* A dict's version tag (PEP 509): CPython 3.10 and 3.11 give the dict a
+ * new one on every change, so a look at its keys stays valid while the tag
+ * is unchanged.  Returns 0 where no tag can be relied on (later versions
+ * deprecate or drop it): the caller then looks at the keys every time.
+ */
+static inline unsigned long long fs_dict_version(PyObject *dict)
+{
+#if PY_VERSION_HEX < 0x030C0000
+    return ((PyDictObject *)dict)->ma_version_tag;
+#else
+    (void)dict;
+    return 0;
+#endif
 }
 
 #endif /* FASTSOCK_TYPE_VERSION_H */

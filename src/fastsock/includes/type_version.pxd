@@ -2,3 +2,4 @@
 
 cdef extern from "type_version.h":
     unsigned int fs_type_version(type tp)
+    unsigned long long fs_dict_version(dict d)
