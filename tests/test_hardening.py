@@ -733,7 +733,8 @@ def test_no_thread_is_started_before_the_first_signal(engine):
     # A forking server under serve_until_signal() must fork a process with
     # one thread (Python 3.12 warns at each fork of a multi-threaded one).
     def threads():
-        return len(os.listdir("/proc/self/task"))
+        # Threads of earlier tests may still be ending: compare identities.
+        return set(os.listdir("/proc/self/task"))
 
     seen = []
 
@@ -756,7 +757,7 @@ def test_no_thread_is_started_before_the_first_signal(engine):
         assert fastsock.serve_until_signal(server, grace=TIMEOUT) is True
     finally:
         asking.join(TIMEOUT)
-    assert seen == [before]
+    assert len(seen) == 1 and seen[0] <= before
 
 
 class SignalHandled(BaseException):
