@@ -211,6 +211,15 @@ cdef object _default(object base, str name):
     return DEFINED[base, name]
 
 
+cdef bint _class_keeps(object cls, tuple hooks) except -1:
+    """Whether class ``cls`` has each ``(base, name)`` of ``hooks`` as
+    fastsock defines it."""
+    for base, name in hooks:
+        if getattr(cls, name, None) is not _default(base, name):
+            return False
+    return True
+
+
 cdef bint _keeps(object server, str name, object base) except -1:
     """Whether ``server.name`` is still ``base``'s own method."""
     return (getattr(type(server), name, None) is _default(base, name)
@@ -304,12 +313,10 @@ cdef class _InPlaceHandlers:
             and getattr(cls, "__getattribute__", None) is object_getattribute
             and getattr(cls, "__setattr__", None) is object_setattr
             and not any(hasattr(cls, name) for name in HANDLER_ATTRIBUTES)
-            and getattr(cls, "__init__", None) is _default(
-                BaseRequestHandler, "__init__")
-            and getattr(cls, "setup", None) is _default(
-                DatagramRequestHandler, "setup")
-            and getattr(cls, "finish", None) is _default(
-                DatagramRequestHandler, "finish"))
+            and _class_keeps(cls, (
+                (BaseRequestHandler, "__init__"),
+                (DatagramRequestHandler, "setup"),
+                (DatagramRequestHandler, "finish"))))
         self._cls = cls
         self._inline = inline
         # Read last: the look-ups above gave the class a valid tag.
@@ -470,15 +477,11 @@ cdef class _RequestRunner:
         cdef bint keeps
         if version == 0 or version != self._type_version:
             BaseServer, TCPServer, UDPServer = _bases()
-            keeps = (
-                getattr(cls, "process_request_thread", None) is _default(
-                    THREADING_MIXIN, "process_request_thread")
-                and getattr(cls, "finish_request", None) is _default(
-                    UDPServer, "finish_request")
-                and getattr(cls, "shutdown_request", None) is _default(
-                    UDPServer, "shutdown_request")
-                and getattr(cls, "close_request", None) is _default(
-                    UDPServer, "close_request"))
+            keeps = _class_keeps(cls, (
+                (THREADING_MIXIN, "process_request_thread"),
+                (UDPServer, "finish_request"),
+                (UDPServer, "shutdown_request"),
+                (UDPServer, "close_request")))
             # Workers share one: set the fields together.
             self._class_keeps = keeps
             # Read last: the look-ups above gave the class a valid tag.
