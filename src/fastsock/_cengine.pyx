@@ -76,6 +76,7 @@ from includes.poller cimport *
 from includes.cio_sys cimport fs_socket_fd
 from includes.type_version cimport fs_dict_version, fs_type_version
 
+import _socket
 import socket
 from io import BytesIO
 from time import monotonic
@@ -166,7 +167,12 @@ cdef tuple WATCHED = (
     "service_actions", "tls_context")
 
 cdef double INF = float("inf")
-cdef object SocketType = socket.socket
+# The socket module's class, as long as it is the C socket type's subclass:
+# a library that rebinds socket.socket before fastsock is imported must not
+# have its class taken for one whose descriptor can be read from C.
+cdef object SocketType = (
+    socket.socket if issubclass(socket.socket, _socket.socket)
+    else _socket.socket)
 cdef object getdefaulttimeout = socket.getdefaulttimeout
 cdef object object_new = object.__new__
 cdef object object_getattribute = object.__getattribute__
