@@ -21,6 +21,9 @@ until they end, so a process that must leave at the deadline sets
 Connections that arrive once the loop has stopped wait in the listen
 backlog and are reset when the server closes.
 
+Under systemd (``NOTIFY_SOCKET`` set), ``STOPPING=1`` is sent when the
+first signal arrives (see fastsock.systemd).
+
 A forked child runs with the parent's handlers, which do nothing there: a
 child goes on with its request, and the parent decides its fate.
 """
@@ -30,6 +33,8 @@ import os
 import signal
 import threading
 from time import monotonic, sleep
+
+from . import systemd
 
 __all__ = ["serve_until_signal"]
 
@@ -121,6 +126,8 @@ class _GracefulStop:
     def _stop(self):
         """After the first signal, stop the loop; interrupt it if it is
         still busy at the deadline."""
+        if "NOTIFY_SOCKET" in os.environ:
+            systemd._notify_quietly("STOPPING=1")
         stopper = threading.Thread(target=self._server.shutdown, daemon=True,
                                    name="fastsock shutdown")
         stopper.start()

@@ -119,7 +119,13 @@ class BaseServer:
         ``poll_interval`` seconds while no request comes.
         """
         self.__is_shut_down.clear()
+        notifier = None
         try:
+            self._prepare_to_serve()
+            if "NOTIFY_SOCKET" in os.environ:  # under systemd (or alike)
+                from .systemd import _LoopNotifier
+                notifier = _LoopNotifier(self)
+                poll_interval = notifier.start(poll_interval)
             loop = self.__loop = _backend.engine().ServeLoop(self)
             try:
                 if not self.__shutdown_request:
@@ -128,8 +134,14 @@ class BaseServer:
                 self.__loop = None
                 loop.close()
         finally:
+            if notifier is not None:
+                notifier.stop()
             self.__shutdown_request = False
             self.__is_shut_down.set()
+
+    def _prepare_to_serve(self):
+        """Get what serving needs before the first request: called when
+        serve_forever() starts.  Nothing here; see TCPServer."""
 
     def shutdown(self):
         """Ask serve_forever() to stop and wait until it has.
@@ -362,6 +374,37 @@ class TCPServer(BaseServer):
     accepted from it inherit (Linux, BSD, macOS), so every write goes on the
     wire at once and nothing a handler wrote is held back, at no cost per
     connection.  False keeps the standard library's behaviour.
+
+    PROXY protocol (a fastsock extension, HAProxy's versions 1 and 2; see
+    ``fastsock._proxy``): with ``proxy_protocol`` true, every connection
+    must start with a PROXY header -- none is an error, never guessed --
+    which ``finish_request()`` reads before the TLS handshake, in the
+    thread or process that serves the request, consuming exactly the
+    header's bytes: what the client sent after it reaches ``rfile``,
+    ``recv()`` or the handshake unchanged.  Only peers that
+    ``proxy_protocol_trusted`` names may send one: None (the default)
+    means loopback addresses and Unix-socket peers, otherwise an iterable
+    of addresses and networks as strings (``"10.0.0.7"``,
+    ``"10.0.0.0/8"``; ``"unix"`` for Unix-socket peers), read when serving
+    starts.  The handler's ``client_address`` is the header's source
+    ``(host, port)`` for IPv4 and IPv6; for a LOCAL header (the proxy's
+    health checks), UNKNOWN or Unix sources it stays the proxy's.  The
+    handler's ``proxy_header`` and ``proxy_address`` give the parsed header
+    (with its TLVs) and the proxy's own address.  A connection from an
+    untrusted peer, with a malformed header (rejected as soon as its bytes
+    show it), or whose header is not complete within
+    ``proxy_protocol_timeout`` seconds (None: no limit), is closed without
+    running the handler, with a warning on the ``fastsock`` logger (at most
+    one a second, the others counted).  A server without ThreadingMixIn
+    or ForkingMixIn reads the header in its loop: a proxy that stalls
+    delays the other clients by at most the timeout.
+
+    Sockets handed over by a service manager (``fastsock.systemd``): a
+    server offered an inherited listening socket takes it in
+    ``server_bind()`` instead of binding, and ``server_activate()`` does
+    not listen() again on a socket that already listens.
+    ``server_close()`` only closes the listening socket, never shuts it
+    down, so the service manager's copy keeps working.
     """
 
     address_family = socket.AF_INET
@@ -373,6 +416,10 @@ class TCPServer(BaseServer):
         allow_reuse_port = False
     tls_context = None
     tls_handshake_timeout = 10.0
+    proxy_protocol = False
+    proxy_protocol_trusted = None
+    proxy_protocol_timeout = 5.0
+    _proxy_policy = None
     _reserve = None
 
     def __init__(self, server_address, RequestHandlerClass,
@@ -388,7 +435,12 @@ class TCPServer(BaseServer):
                 raise
 
     def server_bind(self):
-        """Apply the reuse options, bind, and record the bound address."""
+        """Apply the reuse options, bind, and record the bound address.
+
+        A listening socket offered by fastsock.systemd is taken instead.
+        """
+        if _offered_sockets and _take_offered_socket(self):
+            return
         sock = self.socket
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -407,9 +459,22 @@ class TCPServer(BaseServer):
         if (self.avoid_nagle_stalls
                 and self.socket.family in (socket.AF_INET, socket.AF_INET6)):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.socket.listen(self.request_queue_size)
+        if not self._already_listening():
+            self.socket.listen(self.request_queue_size)
         if self._reserve is None:
             self._reserve = _open_reserve()
+
+    def _already_listening(self):
+        """Whether the socket listens already (one inherited from systemd:
+        listen() again would change its backlog, and some security
+        policies refuse it)."""
+        if _SO_ACCEPTCONN is None:
+            return False
+        try:
+            return bool(self.socket.getsockopt(socket.SOL_SOCKET,
+                                               _SO_ACCEPTCONN))
+        except OSError:
+            return False
 
     def server_close(self):
         """Close the listening socket and the reserve descriptor."""
@@ -430,11 +495,55 @@ class TCPServer(BaseServer):
         return connection, client_address
 
     def finish_request(self, request, client_address):
-        """Complete a pending TLS handshake, then build the request handler."""
+        """Read the PROXY header (``proxy_protocol``), complete a pending
+        TLS handshake, then build the request handler."""
+        proxied = None
+        if self.proxy_protocol:
+            proxied = self._read_proxy_header(request, client_address)
+            if proxied is None:
+                return
+            client_address = proxied.client_address
         if (self.tls_context is not None
                 and not self._tls_ready(request, client_address)):
             return
-        super().finish_request(request, client_address)
+        if proxied is None:
+            super().finish_request(request, client_address)
+            return
+        # What the handler's proxy_header and proxy_address read, for as
+        # long as the request lasts.
+        connections = self._proxy_policy.connections
+        connections[request] = proxied
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            del connections[request]
+
+    def _prepare_to_serve(self):
+        """With ``proxy_protocol``: read ``proxy_protocol_trusted`` and get
+        what a refused connection needs (the parser, the logger) now."""
+        if self.proxy_protocol:
+            self._proxy_policy = _ProxyPolicy(self)
+
+    def _read_proxy_header(self, connection, client_address):
+        """Read the PROXY header from ``connection``; return a
+        ``_ProxiedConnection``, or None when it must be closed (logged)."""
+        policy = self._proxy_policy
+        if (policy is None
+                or policy.trusted_setting is not self.proxy_protocol_trusted):
+            # handle_request(), or the setting changed since serving began.
+            policy = self._proxy_policy = _ProxyPolicy(self)
+        if not policy.trusts(client_address):
+            policy.log.warning("connection from %r refused: not a trusted "
+                               "PROXY protocol sender", client_address)
+            return None
+        try:
+            header = policy.receive_header(connection,
+                                           self.proxy_protocol_timeout)
+        except (OSError, ValueError) as exc:  # ValueError: ProxyProtocolError
+            policy.log.warning("connection from %r refused: no valid PROXY "
+                               "header: %s", client_address, exc)
+            return None
+        return _ProxiedConnection(header, client_address)
 
     def _wrap_tls(self, connection):
         """Wrap a new connection in ``tls_context``, with no I/O yet."""
@@ -522,6 +631,168 @@ class TCPServer(BaseServer):
     def close_request(self, request):
         """Close the connection."""
         request.close()
+
+
+# The socket module's own method, for the PROXY header: an ssl.SSLSocket
+# not yet handshaken is read in clear.
+_plain_recv = socket.socket.recv
+# The most one look at a PROXY header reads.
+_PROXY_PEEK = 4096
+
+
+def _receive_exactly(connection, size):
+    """Consume ``size`` bytes that a peek has shown are there."""
+    chunks = []
+    while size > 0:
+        chunk = _plain_recv(connection, size)
+        if not chunk:
+            raise ConnectionError("connection closed during the PROXY header")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+class _ProxiedConnection:
+    """A connection whose PROXY header has been read: the header, the
+    proxy's own address, and the address the handler gets."""
+
+    __slots__ = ("header", "proxy_address", "client_address")
+
+    def __init__(self, header, proxy_address):
+        self.header = header
+        self.proxy_address = proxy_address
+        self.client_address = (header.source if header.has_address
+                               else proxy_address)
+
+
+class _ProxyPolicy:
+    """A server's PROXY protocol settings, read once when serving starts
+    (whom to trust, where to log), and the connections being served, by
+    request socket (the handler's proxy_header reads them)."""
+
+    def __init__(self, server):
+        import ipaddress
+        from . import _proxy
+        if server.socket_type != socket.SOCK_STREAM:
+            raise ValueError("proxy_protocol is for stream servers only")
+        self._parse_header = _proxy.parse_header
+        self._ip_address = ipaddress.ip_address
+        self.trusted_setting = setting = server.proxy_protocol_trusted
+        if setting is None:
+            self.networks = None
+            self.trust_unix = True
+        else:
+            entries = [setting] if isinstance(setting, str) else list(setting)
+            entries = [str(entry).strip() for entry in entries]
+            self.trust_unix = "unix" in entries
+            self.networks = tuple(ipaddress.ip_network(entry, strict=False)
+                                  for entry in entries if entry != "unix")
+        self.log = _RateLimitedLog(_log())
+        self.connections = {}
+
+    def trusts(self, peer):
+        """Whether ``peer`` (the address accept() gave) may send a header."""
+        if not isinstance(peer, tuple):  # a Unix socket's peer
+            return self.trust_unix
+        try:
+            address = self._ip_address(peer[0].split("%", 1)[0])
+        except ValueError:
+            return False
+        if getattr(address, "ipv4_mapped", None) is not None:
+            address = address.ipv4_mapped  # a dual-stack socket's IPv4 peer
+        if self.networks is None:
+            return address.is_loopback
+        return any(address in network for network in self.networks)
+
+    def receive_header(self, connection, timeout):
+        """Read exactly one PROXY header from ``connection``; return it.
+
+        Bytes are looked at (MSG_PEEK) before they are consumed, and only
+        the header's are consumed: what follows stays in the socket.  While
+        the header is incomplete, all that arrived is header: it is
+        consumed, and the connection waited on for the time left.  Raises
+        ProxyProtocolError, TimeoutError or ConnectionError.
+        """
+        deadline = None if timeout is None else monotonic() + timeout
+        wait_readable = _backend.engine().wait_readable
+        received = b""
+        while True:
+            left = None if deadline is None else deadline - monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(
+                    f"no complete header within {timeout} s")
+            if not wait_readable(connection.fileno(), left):
+                continue
+            peeked = _plain_recv(connection, _PROXY_PEEK, socket.MSG_PEEK)
+            if not peeked:
+                raise ConnectionError("closed before the end of the header")
+            parsed = self._parse_header(received + peeked)
+            if parsed is None:
+                received += _receive_exactly(connection, len(peeked))
+                continue
+            header, length = parsed
+            _receive_exactly(connection, length - len(received))
+            return header
+
+
+class _RateLimitedLog:
+    """Warnings on a logger, at most one per ``interval`` seconds; those
+    left out are counted in the next."""
+
+    def __init__(self, logger, interval=1.0):
+        self._logger = logger
+        self._interval = interval
+        self._last = None
+        self._suppressed = 0
+
+    def warning(self, message, *args):
+        now = monotonic()
+        if self._last is not None and now - self._last < self._interval:
+            self._suppressed += 1
+            return
+        self._last = now
+        suppressed, self._suppressed = self._suppressed, 0
+        if suppressed:
+            message += " (and %d more refused since the last report)"
+            args += (suppressed,)
+        self._logger.warning(message, *args)
+
+
+# Listening sockets that servers take instead of binding (fastsock.systemd
+# offers them); TCPServer.server_bind() looks only while there are some.
+_offered_sockets = []
+
+
+def _take_offered_socket(server):
+    """Give ``server`` the first offered socket of its kind; return True.
+
+    Of its kind: the same socket type, and IP for IP or Unix for Unix.  An
+    IPv4 server takes an IPv6 socket and the other way round: the server
+    takes the socket's family.  Raises ValueError when sockets are offered
+    but none is of the server's kind.
+    """
+    def is_ip(family):
+        return family in (socket.AF_INET, socket.AF_INET6)
+
+    family, kind = server.address_family, server.socket_type
+    for index, sock in enumerate(_offered_sockets):
+        if sock.type == kind and (sock.family == family
+                                  or is_ip(sock.family) and is_ip(family)):
+            del _offered_sockets[index]
+            break
+    else:
+        offered = ", ".join(f"{sock.family.name}/{sock.type.name}"
+                            for sock in _offered_sockets)
+        raise ValueError(
+            f"{type(server).__name__} needs a "
+            f"{socket.AddressFamily(family).name}/"
+            f"{socket.SocketKind(kind).name} socket, but the sockets "
+            f"handed over are {offered}")
+    server.socket.close()  # the one __init__() made, never bound
+    server.socket = sock
+    server.address_family = sock.family
+    server.server_address = sock.getsockname()
+    return True
 
 
 class UDPServer(TCPServer):
@@ -809,6 +1080,26 @@ class BaseRequestHandler:
 
     def finish(self):
         pass
+
+    @property
+    def proxy_header(self):
+        """The connection's PROXY header (``fastsock._proxy.ProxyHeader``),
+        or None when the server has no ``proxy_protocol``."""
+        proxied = self._proxied_connection()
+        return None if proxied is None else proxied.header
+
+    @property
+    def proxy_address(self):
+        """The address of the proxy that sent the PROXY header, or None
+        when the server has no ``proxy_protocol``."""
+        proxied = self._proxied_connection()
+        return None if proxied is None else proxied.proxy_address
+
+    def _proxied_connection(self):
+        policy = getattr(self.server, "_proxy_policy", None)
+        if policy is None:
+            return None
+        return policy.connections.get(self.request)
 
 
 

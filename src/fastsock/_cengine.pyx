@@ -164,7 +164,7 @@ cdef struct CachedAddress:
 cdef tuple WATCHED = (
     "_handle_request_noblock", "fileno", "get_request", "verify_request",
     "process_request", "finish_request", "shutdown_request", "close_request",
-    "service_actions", "tls_context")
+    "service_actions", "tls_context", "proxy_protocol")
 
 cdef double INF = float("inf")
 # The socket module's class, as long as it is the C socket type's subclass:
@@ -493,7 +493,8 @@ cdef class _RequestRunner:
             # Read last: the look-ups above gave the class a valid tag.
             self._type_version = fs_type_version(cls)
         if (not self._class_keeps
-                or getattr(server, "tls_context", None) is not None):
+                or getattr(server, "tls_context", None) is not None
+                or getattr(server, "proxy_protocol", False)):
             return False
         instance_dict = getattr(server, "__dict__", None)
         if instance_dict:
@@ -636,9 +637,11 @@ cdef class ServeLoop:
             self._batch = (1 if self._call_service_actions
                            or (self._path == DATAGRAM and self._call_process)
                            else BATCH)
-            # Without tls_context, TCPServer's finish_request only builds
-            # the handler, as BaseServer's does.
-            self._call_finish = not _keeps(server, "finish_request", base)
+            # Without tls_context (GENERIC above) or proxy_protocol,
+            # TCPServer's finish_request only builds the handler, as
+            # BaseServer's does.
+            self._call_finish = (not _keeps(server, "finish_request", base)
+                                 or getattr(server, "proxy_protocol", False))
             self._call_shutdown = not (
                 _keeps(server, "shutdown_request", base)
                 and _keeps(server, "close_request", base))
