@@ -23,11 +23,13 @@ import zipfile
 from ._install import install
 
 USAGE = """\
-usage: python -m fastsock run script.py [args...]
-       python -m fastsock run -m module [args...]
+usage: python -m fastsock run [--systemd] script.py [args...]
+       python -m fastsock run [--systemd] -m module [args...]
        python -m fastsock http [-h] [port] [options...]
 
-  run    run a script or module with fastsock installed as socketserver
+  run    run a script or module with fastsock installed as socketserver;
+         --systemd: its servers take the sockets systemd passed, in order,
+         instead of binding (fastsock.systemd.offer)
   http   serve files over HTTP, like python -m http.server
 """
 
@@ -79,6 +81,17 @@ def _run(args):
     if not args:
         return _usage_error("run needs a script or -m module")
     first, rest = args[0], args[1:]
+    if first == "--systemd":
+        from . import systemd
+        sockets = systemd.listen_fds()
+        if not sockets:
+            print("python -m fastsock run: --systemd: no socket was passed "
+                  "(LISTEN_FDS, LISTEN_PID)", file=sys.stderr)
+            return 1
+        systemd.offer(sockets)
+        if not rest:
+            return _usage_error("run needs a script or -m module")
+        first, rest = rest[0], rest[1:]
     if first in ("-h", "--help"):
         print(USAGE, end="")
         return 0

@@ -33,11 +33,13 @@ import http.client
 import http.server
 import os
 import re
+import signal
 import socket
 import sys
 import time
 import types
 
+from ._graceful import serve_until_signal
 from ._server import StreamRequestHandler, TCPServer, ThreadingMixIn
 
 __all__ = ["HTTPServer", "ThreadingHTTPServer",
@@ -78,6 +80,9 @@ class _FastsockConnection:
 
     setup = StreamRequestHandler.setup
     finish = StreamRequestHandler.finish
+    proxy_header = StreamRequestHandler.proxy_header
+    proxy_address = StreamRequestHandler.proxy_address
+    _proxied_connection = StreamRequestHandler._proxied_connection
 
 
 # A header block the email parser reads as plain "Name: value" fields, and
@@ -242,27 +247,46 @@ def _passive_address(host, port):
 
 
 def serve(handler_class=SimpleHTTPRequestHandler, port=8000, bind=None,
-          directory=None, protocol="HTTP/1.0"):
-    """Serve ``directory`` (default: the current one) until Ctrl-C.
+          directory=None, protocol="HTTP/1.0", proxy_protocol=False,
+          proxy_protocol_trusted=None, systemd=False):
+    """Serve ``directory`` (default: the current one) until Ctrl-C or
+    SIGTERM (a graceful stop: running requests get 30 s).
 
     ``bind`` is a host name or address (None: all interfaces) and
-    ``protocol`` the HTTP version the handler speaks.  Returns the exit
-    status.
+    ``protocol`` the HTTP version the handler speaks.  ``proxy_protocol``:
+    every connection starts with a PROXY header from a proxy in
+    ``proxy_protocol_trusted`` (None: loopback).
+    ``systemd``: serve on the socket systemd passed (``port`` and ``bind``
+    are then not used).  Returns the exit status.
     """
     family, address = _passive_address(bind, port)
     handler = type(handler_class.__name__, (handler_class,),
                    {"protocol_version": protocol})
+    if systemd:
+        from . import systemd as _systemd
+        sockets = _systemd.listen_fds()
+        if not sockets:
+            print("--systemd: no socket was passed (LISTEN_FDS, LISTEN_PID)",
+                  file=sys.stderr)
+            return 1
+        _systemd.offer(sockets[:1])
     with _FileServer(family, address, handler,
                      directory or os.getcwd()) as server:
+        server.proxy_protocol = proxy_protocol
+        server.proxy_protocol_trusted = proxy_protocol_trusted
         host, port = server.socket.getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
         print(f"Serving HTTP on {host} port {port} "
               f"(http://{url_host}:{port}/) ...", flush=True)
         try:
-            server.serve_forever()
+            serve_until_signal(server, signals=_STOP_SIGNALS)
         except KeyboardInterrupt:
             print("\nKeyboard interrupt received, exiting.")
     return 0
+
+
+# A graceful stop on SIGTERM; Ctrl-C stays http.server's KeyboardInterrupt.
+_STOP_SIGNALS = (signal.SIGTERM,) if hasattr(signal, "SIGTERM") else ()
 
 
 def _argument_parser(prog):
@@ -284,6 +308,17 @@ def _argument_parser(prog):
                             default="HTTP/1.0",
                             help="the HTTP version to answer with "
                                  "(default: %(default)s)")
+    parser.add_argument("--proxy-protocol", action="store_true",
+                        help="expect a PROXY protocol header (v1 or v2) on "
+                             "every connection, from a trusted proxy")
+    parser.add_argument("--proxy-protocol-trusted", metavar="ADDRESSES",
+                        type=lambda text: text.split(","),
+                        help="the proxies trusted to send it: addresses or "
+                             "networks, comma-separated (default: loopback "
+                             "and Unix peers)")
+    parser.add_argument("--systemd", action="store_true",
+                        help="serve on the socket passed by systemd "
+                             "(socket activation) instead of binding")
     parser.add_argument("port", default=8000, type=int, nargs="?",
                         help="the port to listen on (default: %(default)s)")
     return parser
@@ -298,7 +333,10 @@ def main(argv=None, prog="python -m fastsock.http"):
         handler_class = SimpleHTTPRequestHandler
     return serve(handler_class, port=args.port, bind=args.bind,
                  directory=args.directory,
-                 protocol=getattr(args, "protocol", "HTTP/1.0"))
+                 protocol=getattr(args, "protocol", "HTTP/1.0"),
+                 proxy_protocol=args.proxy_protocol,
+                 proxy_protocol_trusted=args.proxy_protocol_trusted,
+                 systemd=args.systemd)
 
 
 if __name__ == "__main__":
