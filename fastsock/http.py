@@ -234,9 +234,15 @@ class _FileServer(ThreadingHTTPServer):
                 pass  # no dual stack here: serve IPv6 alone
         super().server_bind()
 
-    def finish_request(self, request, client_address):
-        self.RequestHandlerClass(request, client_address, self,
-                                 directory=self.directory)
+
+class _ServerDirectory:
+    """Mix-in: the handler serves its server's ``directory``.  (The
+    directory is not passed by overriding finish_request(), which would
+    skip TCPServer's: the PROXY header and the TLS handshake.)"""
+
+    def __init__(self, request, client_address, server):
+        super().__init__(request, client_address, server,
+                         directory=server.directory)
 
 
 def _passive_address(host, port):
@@ -260,7 +266,7 @@ def serve(handler_class=SimpleHTTPRequestHandler, port=8000, bind=None,
     are then not used).  Returns the exit status.
     """
     family, address = _passive_address(bind, port)
-    handler = type(handler_class.__name__, (handler_class,),
+    handler = type(handler_class.__name__, (_ServerDirectory, handler_class),
                    {"protocol_version": protocol})
     if systemd:
         from . import systemd as _systemd
