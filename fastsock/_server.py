@@ -402,7 +402,7 @@ class TCPServer(BaseServer):
     Sockets handed over by a service manager (``fastsock.systemd``): a
     server offered an inherited listening socket takes it in
     ``server_bind()`` instead of binding, and ``server_activate()`` does
-    not listen() again on a socket that already listens.
+    not listen() again on it when it listens already.
     ``server_close()`` only closes the listening socket, never shuts it
     down, so the service manager's copy keeps working.
     """
@@ -420,6 +420,7 @@ class TCPServer(BaseServer):
     proxy_protocol_trusted = None
     proxy_protocol_timeout = 5.0
     _proxy_policy = None
+    _inherited_socket = False  # taken from fastsock.systemd
     _reserve = None
 
     def __init__(self, server_address, RequestHandlerClass,
@@ -459,15 +460,17 @@ class TCPServer(BaseServer):
         if (self.avoid_nagle_stalls
                 and self.socket.family in (socket.AF_INET, socket.AF_INET6)):
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if not self._already_listening():
+        if not (self._inherited_socket and self._already_listening()):
             self.socket.listen(self.request_queue_size)
         if self._reserve is None:
             self._reserve = _open_reserve()
 
     def _already_listening(self):
-        """Whether the socket listens already (one inherited from systemd:
-        listen() again would change its backlog, and some security
-        policies refuse it)."""
+        """Whether the socket listens already.  Asked only of a socket
+        inherited from systemd, whose backlog systemd set and on which
+        some security policies refuse a second listen(); any other socket
+        is listened on again, as the standard library does (a way to change
+        the backlog)."""
         if _SO_ACCEPTCONN is None:
             return False
         try:
@@ -790,6 +793,7 @@ def _take_offered_socket(server):
             f"handed over are {offered}")
     server.socket.close()  # the one __init__() made, never bound
     server.socket = sock
+    server._inherited_socket = True
     server.address_family = sock.family
     server.server_address = sock.getsockname()
     return True

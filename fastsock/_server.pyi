@@ -7,12 +7,14 @@ import ssl
 import sys
 from _socket import _Address, _RetAddress
 from _typeshed import ReadableBuffer
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from io import BufferedIOBase
 from socket import socket as _Socket
 from types import TracebackType
 from typing import Any, ClassVar, type_check_only
 from typing_extensions import Self, TypeAlias
+
+from ._proxy import ProxyHeader
 
 __all__ = [
     "BaseServer",
@@ -97,6 +99,10 @@ class TCPServer(BaseServer):
     # served, within the timeout (None: no limit).
     tls_context: ssl.SSLContext | None
     tls_handshake_timeout: float | None
+    # fastsock's addition: the PROXY protocol (see the class).
+    proxy_protocol: bool
+    proxy_protocol_trusted: str | Iterable[str] | None
+    proxy_protocol_timeout: float | None
     def __init__(
         self,
         server_address: _IPv4Address | _IPv6Address,
@@ -175,6 +181,11 @@ class BaseRequestHandler:
     def setup(self) -> None: ...
     def handle(self) -> None: ...
     def finish(self) -> None: ...
+    # fastsock's addition: the PROXY header and the proxy's address.
+    @property
+    def proxy_header(self) -> ProxyHeader | None: ...
+    @property
+    def proxy_address(self) -> _RetAddress | None: ...
 
 class StreamRequestHandler(BaseRequestHandler):
     rbufsize: ClassVar[int]
