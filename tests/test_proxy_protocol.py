@@ -2,6 +2,7 @@
 under both engines, by a test client playing the proxy."""
 
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -12,6 +13,7 @@ import threading
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastsock
 
@@ -267,3 +269,40 @@ def test_datagram_server_refuses_proxy_protocol(engine):
             server.serve_forever(0.05)
     finally:
         server.server_close()
+
+
+# Headers of every shape, cut anywhere, with the client's data behind them.
+_ADDRESSES = st.sampled_from([
+    (("192.0.2.10", 1), ("192.0.2.1", 80)),
+    (("2001:db8::10", 65535), ("2001:db8::1", 443)),
+])
+_TLVS = st.lists(st.tuples(st.sampled_from([0x01, 0x02, 0x04, 0xe0]),
+                           st.binary(max_size=300)), max_size=3)
+
+
+@st.composite
+def _proxied_streams(draw):
+    ends = draw(_ADDRESSES)
+    if draw(st.booleans()):
+        header = encode.v1(*ends)
+    else:
+        header = encode.v2(*ends, tlvs=draw(_TLVS))
+    data = draw(st.binary(min_size=1, max_size=200).filter(
+        lambda d: b"\n" not in d)) + b"\n"
+    stream = header + data
+    cuts = sorted(draw(st.sets(st.integers(1, len(stream) - 1), max_size=4)))
+    pieces = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)])]
+    return ends[0], pieces, data
+
+
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=_proxied_streams())
+def test_any_header_cut_anywhere_reaches_the_handler_intact(engine, case):
+    source, pieces, data = case
+    with served(proxy_server()) as server:
+        reply = exchange(server.server_address, *pieces)
+    host, port = reply.split(b" ", 2)[:2]
+    assert (ipaddress.ip_address(host.decode()), int(port)) == (
+        ipaddress.ip_address(source[0]), source[1])
+    assert reply.endswith(b"|" + data)
