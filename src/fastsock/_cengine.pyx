@@ -16,8 +16,9 @@ takes each request one of two ways:
   received) in C and the request goes through the same steps as
   ``BaseServer._handle_request_noblock``.  A hook the server overrides is
   called as such; a default one is done in place: no verify_request call,
-  the handler built directly for finish_request, shutdown(SHUT_WR) and
-  close() for shutdown_request.
+  the handler built directly for finish_request (unless ``proxy_protocol``
+  is set: TCPServer.finish_request then reads the PROXY header first, and
+  is called), shutdown(SHUT_WR) and close() for shutdown_request.
 
 The choice is made when run() starts and made again whenever the server's
 class (or a base) is modified or a hook is set on or deleted from the
@@ -440,7 +441,7 @@ cdef class _RequestRunner:
 
     A datagram server that keeps ThreadingMixIn's process_request_thread
     and UDPServer's finish_request, shutdown_request and close_request, and
-    has no tls_context, has that hook's work done here: the handler built
+    has no tls_context and no proxy_protocol, has that hook's work done here: the handler built
     as finish_request() builds it, in place (_datagram_handler) for a class
     that _InPlaceHandlers accepts, its reply then sent with the call
     DatagramRequestHandler.finish() makes; an Exception goes to
