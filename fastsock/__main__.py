@@ -1,14 +1,17 @@
 """``python -m fastsock``: run a program, or a file server, on fastsock.
 
-    python -m fastsock run script.py [args...]
-    python -m fastsock run -m module [args...]
+    python -m fastsock run [--workers N] script.py [args...]
+    python -m fastsock run [--workers N] -m module [args...]
     python -m fastsock http [port] [-b ADDRESS] [-d DIRECTORY] ...
 
 ``run`` calls ``fastsock.install()`` and then runs the script or module as
 Python would have run it directly: as ``__main__``, with the same
 ``sys.argv``, the same ``sys.path[0]`` and the same exit status.  Every
 ``import socketserver`` in it -- or in http.server, xmlrpc.server and the
-rest, which it imports afterwards -- gives fastsock.
+rest, which it imports afterwards -- gives fastsock.  The serving options
+before the script (fastsock._cli) apply to its servers: ``--workers N``
+serves every server that the program serves with ``serve_forever()`` from
+its main thread with N worker processes, unless it sets ``workers`` itself.
 
 ``http`` is ``python -m fastsock.http``: http.server's file server on
 fastsock.
@@ -20,15 +23,19 @@ import runpy
 import sys
 import zipfile
 
+from . import _cli
 from ._install import install
 
 USAGE = """\
-usage: python -m fastsock run script.py [args...]
-       python -m fastsock run -m module [args...]
+usage: python -m fastsock run [--workers N] script.py [args...]
+       python -m fastsock run [--workers N] -m module [args...]
        python -m fastsock http [-h] [port] [options...]
 
   run    run a script or module with fastsock installed as socketserver
   http   serve files over HTTP, like python -m http.server
+
+  --workers N  serve with N worker processes (prefork), supervised by
+               the program's own process
 """
 
 
@@ -76,6 +83,13 @@ def run_module(name, args):
 
 
 def _run(args):
+    if not args:
+        return _usage_error("run needs a script or -m module")
+    if args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    options, args = _cli.split_options(args, "python -m fastsock run")
+    _cli.apply(options)
     if not args:
         return _usage_error("run needs a script or -m module")
     first, rest = args[0], args[1:]

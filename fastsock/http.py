@@ -24,7 +24,9 @@ or any other hook, sees them called as http.server calls them.
 ``python -m fastsock.http`` -- or ``python -m fastsock http`` -- serves files
 like ``python -m http.server``, with the running interpreter's arguments
 (``port``, ``--bind``, ``--directory``, ``--protocol`` from 3.11, ``--cgi``
-while http.server has CGI), its dual-stack binding and its messages.
+while http.server has CGI), its dual-stack binding and its messages, and
+fastsock's serving options (``--workers N``: one worker process per core,
+say; SIGTERM then stops them gracefully and the command exits 0).
 """
 
 import argparse
@@ -38,6 +40,7 @@ import sys
 import time
 import types
 
+from . import _cli
 from ._server import StreamRequestHandler, TCPServer, ThreadingMixIn
 
 __all__ = ["HTTPServer", "ThreadingHTTPServer",
@@ -286,12 +289,14 @@ def _argument_parser(prog):
                                  "(default: %(default)s)")
     parser.add_argument("port", default=8000, type=int, nargs="?",
                         help="the port to listen on (default: %(default)s)")
+    _cli.add_options(parser)
     return parser
 
 
 def main(argv=None, prog="python -m fastsock.http"):
     """The command line: ``argv`` as for ``python -m http.server``."""
     args = _argument_parser(prog).parse_args(argv)
+    _cli.apply(args)
     if getattr(args, "cgi", False):
         handler_class = CGIHTTPRequestHandler
     else:
