@@ -97,8 +97,10 @@ Fairness
     with a deadline), so that the next connections go to the others; it
     accepts again when the pause ends, should nobody else take them.  A
     sequential server holds one request at a time and needs nothing; nor
-    does a datagram server.  The board has 2N slots: during a rolling
-    restart an old worker and its replacement both run.
+    does a datagram server.  The board has 4N slots: workers that are
+    finishing their requests after a restart or ``max_requests`` keep
+    theirs while their replacements run; should they all be taken, a new
+    worker serves without taking part.
 """
 
 import mmap
@@ -127,6 +129,10 @@ _ORPHAN_GRACE = 1.0
 # long one over it stops accepting (s).
 _FAIR_SLACK = 1
 _FAIR_PAUSE = 0.005
+
+# Slots on the fairness board per worker: workers still finishing after a
+# restart or max_requests keep theirs until they exit.
+_BOARD_SLOTS_PER_WORKER = 4
 
 # What a worker writes on its status pipe.
 _READY = b"r"
@@ -185,8 +191,9 @@ class Supervisor:
             # Only the supervisor holds the write end: its workers see EOF
             # on the read end when it dies.
             self._life_r, self._life_w = self._pipe()
-            self._board = mmap.mmap(-1, 8 * 2 * self._count)
-            self._free_slots = list(range(2 * self._count - 1, -1, -1))
+            slots = _BOARD_SLOTS_PER_WORKER * self._count
+            self._board = mmap.mmap(-1, 8 * slots)
+            self._free_slots = list(range(slots - 1, -1, -1))
             self._loads = memoryview(self._board).cast("q")
             self._cpus = None
             if server.worker_cpu_affinity and hasattr(os, "sched_getaffinity"):
@@ -395,8 +402,9 @@ class Supervisor:
     def _forget(self, worker, status, now):
         del self._workers[worker.pid]
         self._close_status(worker)
-        self._loads[worker.slot] = 0
-        self._free_slots.append(worker.slot)
+        if worker.slot is not None:
+            self._loads[worker.slot] = 0
+            self._free_slots.append(worker.slot)
         expected = worker.stopping or self._stopping
         self._log_exit(worker, status, expected)
         if expected:
@@ -446,8 +454,10 @@ class Supervisor:
     # Starting a worker.
 
     def _spawn(self, index, replaces=None):
-        slot = self._free_slots.pop()
-        self._loads[slot] = 0
+        # None: every slot is held by workers still finishing (rare).
+        slot = self._free_slots.pop() if self._free_slots else None
+        if slot is not None:
+            self._loads[slot] = 0
         status_r = status_w = None
         try:
             status_r, status_w = os.pipe()
@@ -468,7 +478,8 @@ class Supervisor:
             for fd in (status_r, status_w):
                 if fd is not None:
                     os.close(fd)
-            self._free_slots.append(slot)
+            if slot is not None:
+                self._free_slots.append(slot)
             self._quick_deaths += 1
             self._next_spawn = monotonic() + min(
                 _BACKOFF_FIRST * 2 ** (self._quick_deaths - 1), _BACKOFF_MAX)
@@ -557,9 +568,10 @@ class Supervisor:
             limit += random.randint(0, server.max_requests_jitter or 0)
         threading_server = isinstance(server, ThreadingMixIn)
         forking_server = hasattr(server, "active_children")
-        fair = _is_stream(server) and (threading_server or forking_server)
+        fair = (slot is not None and _is_stream(server)
+                and (threading_server or forking_server))
         loads = self._loads
-        if threading_server:
+        if fair and threading_server:
             # The pool publishes its running count here (fastsock._workers).
             server._worker_load = loads[slot:slot + 1]
         if limit is None and not fair:

@@ -1,0 +1,110 @@
+"""A server with workers, run in a subprocess by tests/test_workers.py.
+
+``python _workers_child.py CONFIG`` where CONFIG is a JSON object: ``kind``
+("threading", "plain", "udp", "unix"), ``workers``, and optionally
+``max_requests``, ``graceful_timeout``, ``path`` (Unix socket), ``stdin_stop``
+(a thread calls shutdown() when a line arrives on stdin) and
+``report_leaks`` (after serve_forever() returns, print what the process
+holds that it did not hold before).
+
+It prints one JSON line ``{"address": ..., "pid": ...}`` once listening,
+and ``{"returned": ..., ...}`` when serve_forever() returns.  Each request
+line (or datagram) is a command:
+
+- ``pid``: answers ``PID INDEX INIT_INDEX``;
+- ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``.
+"""
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+
+import fastsock
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                    format="%(levelname)s %(name)s %(message)s")
+
+
+class StreamHandler(fastsock.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            name, _, argument = line.decode().strip().partition(" ")
+            if name == "pid":
+                server = self.server
+                self.wfile.write(f"{os.getpid()} {server.worker_index} "
+                                 f"{server.init_index}\n".encode())
+            elif name == "slow":
+                self.wfile.write(f"started {os.getpid()}\n".encode())
+                time.sleep(float(argument))
+                self.wfile.write(f"done {os.getpid()}\n".encode())
+
+
+class DatagramHandler(fastsock.DatagramRequestHandler):
+    def handle(self):
+        server = self.server
+        self.wfile.write(f"{os.getpid()} {server.worker_index} "
+                         f"{server.init_index}".encode())
+
+
+class Recording:
+    init_index = None
+
+    def worker_init(self, index):
+        self.init_index = index
+
+
+def server_class(kind):
+    base = {"threading": fastsock.ThreadingTCPServer,
+            "plain": fastsock.TCPServer,
+            "udp": fastsock.ThreadingUDPServer,
+            "unix": getattr(fastsock, "ThreadingUnixStreamServer", None)}[kind]
+    return type("Server", (Recording, base), {"daemon_threads": True})
+
+
+def open_fds():
+    return sorted(int(name) for name in os.listdir("/proc/self/fd"))
+
+
+def main():
+    config = json.loads(sys.argv[1])
+    cls = server_class(config["kind"])
+    handler = DatagramHandler if config["kind"] == "udp" else StreamHandler
+    address = config.get("path") or ("127.0.0.1", 0)
+    server = cls(address, handler)
+    server.workers = config["workers"]
+    server.request_queue_size = 256
+    for name in ("max_requests", "max_requests_jitter", "graceful_timeout"):
+        if name in config:
+            setattr(server, name, config[name])
+    if config.get("stdin_stop"):
+        def stop_on_input():
+            sys.stdin.readline()
+            server.shutdown()
+        stopper = threading.Thread(target=stop_on_input, daemon=True)
+        stopper.start()
+    fds_before = open_fds()
+    print(json.dumps({"address": server.server_address, "pid": os.getpid()}),
+          flush=True)
+    server.serve_forever(0.05)
+    report = {"returned": True}
+    if config.get("report_leaks"):
+        if config.get("stdin_stop"):
+            stopper.join()  # it returns from shutdown() and ends
+        try:
+            os.waitpid(-1, os.WNOHANG)
+            children = True
+        except ChildProcessError:
+            children = False
+        report.update(new_fds=sorted(set(open_fds()) - set(fds_before)),
+                      threads=threading.active_count() - 1,
+                      children=children)
+    print(json.dumps(report), flush=True)
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
