@@ -62,7 +62,8 @@ def server_class(kind):
             "plain": fastsock.TCPServer,
             "udp": fastsock.ThreadingUDPServer,
             "unix": getattr(fastsock, "ThreadingUnixStreamServer", None)}[kind]
-    return type("Server", (Recording, base), {"daemon_threads": True})
+    return type("Server", (Recording, base),
+                {"daemon_threads": True, "request_queue_size": 256})
 
 
 def open_fds():
@@ -76,7 +77,6 @@ def main():
     address = config.get("path") or ("127.0.0.1", 0)
     server = cls(address, handler)
     server.workers = config["workers"]
-    server.request_queue_size = 256
     for name in ("max_requests", "max_requests_jitter", "graceful_timeout"):
         if name in config:
             setattr(server, name, config[name])
