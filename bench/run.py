@@ -22,8 +22,8 @@ the load generator, which the run's notes then say), measured against the
 single-process ``fastsock`` on ThreadingTCPServer for the workloads and
 concurrencies of ``workloads.MULTICORE``.  Its CPU time is the supervisor's
 and its workers'; the notes give each worker's memory (RSS, and the part of
-it that is its own: anonymous memory not shared with the supervisor is at
-most that) and the ratio to one process.
+it that is its own: private pages, not shared copy-on-write with the
+supervisor) and the ratio to one process.
 
 Output: a table on stdout (progress on stderr), a JSON file of every sample
 and summary, and a PNG chart when matplotlib is importable.  Which files:
@@ -260,19 +260,25 @@ class SupervisedProcess(ServerProcess):
         return False  # its workers stay
 
     def worker_memory(self):
-        """[(VmRSS, RssAnon) in KiB] of each worker."""
+        """[(Rss, its own: Private_Clean + Private_Dirty) in KiB] of each
+        worker, from /proc/PID/smaps_rollup."""
         memory = []
         for pid in self.worker_pids():
             fields = {}
             try:
-                with open(f"/proc/{pid}/status") as f:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
                     for line in f:
                         name, _, value = line.partition(":")
-                        if name in ("VmRSS", "RssAnon"):
+                        if name in ("Rss", "Private_Clean", "Private_Dirty"):
                             fields[name] = int(value.split()[0])
             except OSError:
                 continue
-            memory.append((fields.get("VmRSS"), fields.get("RssAnon")))
+            memory.append(
+                (
+                    fields.get("Rss", 0),
+                    fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+                )
+            )
         return memory
 
 
@@ -744,8 +750,8 @@ class Bench:
             f"{target.label} on {target.workload.name}: supervisor RSS "
             f"{report.format_mib((supervisor or 0) / 1024)} MiB; each worker RSS "
             + ", ".join(report.format_mib((rss or 0) / 1024) for rss, _ in memory)
-            + " MiB, of which anonymous (its own at most) "
-            + ", ".join(report.format_mib((anon or 0) / 1024) for _, anon in memory)
+            + " MiB, of which its own (private, not shared with the supervisor) "
+            + ", ".join(report.format_mib(own / 1024) for _, own in memory)
             + " MiB"
         )
 
@@ -872,7 +878,7 @@ def plan(args, skip):
 def multicore_targets(args, server, workload, classes):
     """The multi-core section's target for ``workload``, if it has one."""
     concs = MULTICORE.get(workload.name, ())
-    if MULTICORE_CLASS not in classes:
+    if not concs or MULTICORE_CLASS not in classes:
         return []
     if args.quick:  # where the quick run measures one process too
         concs = (QUICK_CONCURRENCY,)
