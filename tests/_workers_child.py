@@ -2,17 +2,20 @@
 
 ``python _workers_child.py CONFIG`` where CONFIG is a JSON object: ``kind``
 ("threading", "plain", "udp", "unix"), ``workers``, and optionally
-``max_requests``, ``graceful_timeout``, ``path`` (Unix socket), ``stdin_stop``
+``max_requests``, ``graceful_timeout``, ``worker_cpu_affinity``,
+``fail_init`` (worker_init raises), ``path`` (Unix socket), ``stdin_stop``
 (a thread calls shutdown() when a line arrives on stdin) and
 ``report_leaks`` (after serve_forever() returns, print what the process
-holds that it did not hold before).
+holds that it did not hold before) and ``serve_until_signal`` (serve with
+fastsock.serve_until_signal() instead, and print ``{"finished": ...}``).
 
 It prints one JSON line ``{"address": ..., "pid": ...}`` once listening,
 and ``{"returned": ..., ...}`` when serve_forever() returns.  Each request
 line (or datagram) is a command:
 
 - ``pid``: answers ``PID INDEX INIT_INDEX``;
-- ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``.
+- ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``;
+- ``cpus``: answers ``PID [CPUS]``, the CPUs it may run on.
 """
 
 import json
@@ -35,8 +38,11 @@ class StreamHandler(fastsock.StreamRequestHandler):
             name, _, argument = line.decode().strip().partition(" ")
             if name == "pid":
                 server = self.server
-                self.wfile.write(f"{os.getpid()} {server.worker_index} "
+                self.wfile.write(f"{server.pid()} {server.worker_index} "
                                  f"{server.init_index}\n".encode())
+            elif name == "cpus":
+                cpus = sorted(os.sched_getaffinity(0))
+                self.wfile.write(f"{os.getpid()} {cpus}\n".encode())
             elif name == "slow":
                 self.wfile.write(f"started {os.getpid()}\n".encode())
                 time.sleep(float(argument))
@@ -52,14 +58,22 @@ class DatagramHandler(fastsock.DatagramRequestHandler):
 
 class Recording:
     init_index = None
+    fail_init = False
+
+    def pid(self):
+        """The worker's pid (a forking server's request runs in a child)."""
+        return os.getppid() if hasattr(self, "active_children") else os.getpid()
 
     def worker_init(self, index):
+        if self.fail_init:
+            raise RuntimeError(f"worker_init of worker {index} fails")
         self.init_index = index
 
 
 def server_class(kind):
     base = {"threading": fastsock.ThreadingTCPServer,
             "plain": fastsock.TCPServer,
+            "forking": getattr(fastsock, "ForkingTCPServer", None),
             "udp": fastsock.ThreadingUDPServer,
             "unix": getattr(fastsock, "ThreadingUnixStreamServer", None)}[kind]
     return type("Server", (Recording, base),
@@ -77,7 +91,8 @@ def main():
     address = config.get("path") or ("127.0.0.1", 0)
     server = cls(address, handler)
     server.workers = config["workers"]
-    for name in ("max_requests", "max_requests_jitter", "graceful_timeout"):
+    for name in ("max_requests", "max_requests_jitter", "graceful_timeout",
+                 "worker_cpu_affinity", "fail_init"):
         if name in config:
             setattr(server, name, config[name])
     if config.get("stdin_stop"):
@@ -89,6 +104,11 @@ def main():
     fds_before = open_fds()
     print(json.dumps({"address": server.server_address, "pid": os.getpid()}),
           flush=True)
+    if config.get("serve_until_signal"):
+        finished = fastsock.serve_until_signal(server, 10.0,
+                                               poll_interval=0.05)
+        print(json.dumps({"finished": finished}), flush=True)
+        return
     server.serve_forever(0.05)
     report = {"returned": True}
     if config.get("report_leaks"):

@@ -196,7 +196,7 @@ def server(engine, tmp_path):
                 pass
 
 
-@pytest.mark.parametrize("kind", ["threading", "plain"])
+@pytest.mark.parametrize("kind", ["threading", "plain", "forking"])
 def test_distinct_workers_answer_with_their_index(server, kind):
     child = server(kind=kind, workers=3)
     seen = distinct_workers(child, 3)
@@ -262,6 +262,64 @@ def test_sigterm_lets_requests_in_flight_finish(server):
     assert child.report()["returned"]
     assert child.wait() == 0
     assert all(gone(pid) for pid in pids)
+
+
+def test_serve_until_signal_stops_the_workers_gracefully(server):
+    child = server(workers=2, serve_until_signal=True)
+    pids = set(distinct_workers(child, 2))
+    sock = child.connect()
+    assert ask(sock, "slow 0.5").startswith("started")
+    os.kill(child.pid, signal.SIGTERM)
+    assert read_line(sock).startswith("done")
+    sock.close()
+    assert child.report() == {"finished": True}
+    assert child.wait() == 0
+    assert all(gone(pid) for pid in pids)
+
+
+def test_sigint_stops_the_supervisor_not_its_workers_one_by_one(server):
+    child = server(workers=2)
+    pids = set(distinct_workers(child, 2))
+    sock = child.connect()
+    assert ask(sock, "slow 0.5").startswith("started")
+    for pid in pids:  # as Ctrl-C in a terminal: the whole process group
+        os.kill(pid, signal.SIGINT)
+    assert pid_of(child.connect()) in pids  # workers ignore it
+    os.kill(child.pid, signal.SIGINT)
+    assert read_line(sock).startswith("done")
+    sock.close()
+    assert child.report()["returned"]
+    assert child.wait() == 0
+
+
+def test_workers_failing_at_start_are_restarted_with_back_off(server):
+    child = server(workers=2, fail_init=True)
+    wait_until(lambda: child.stderr().count("fails") >= 4,
+               "several failed starts")
+    time.sleep(1.0)  # a window in which to count the restarts
+    failures = child.stderr().count("RuntimeError: worker_init")
+    # Without back-off two workers dying at once restart hundreds of times
+    # a second; with it, each wait doubles from 0.1 s.
+    assert failures < 30, failures
+    os.kill(child.pid, signal.SIGTERM)
+    assert child.report()["returned"]
+    assert child.wait() == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"),
+                    reason="no CPU affinity on this platform")
+def test_worker_cpu_affinity_pins_each_worker(server):
+    cpus = sorted(os.sched_getaffinity(0))
+    child = server(workers=2, worker_cpu_affinity=True)
+    pinned = {}
+    deadline = time.monotonic() + TIMEOUT
+    while len(pinned) < 2:
+        assert time.monotonic() < deadline
+        with child.connect() as sock:
+            pid, _, worker_cpus = ask(sock, "cpus").partition(" ")
+            pinned[pid] = json.loads(worker_cpus)
+    expected = sorted([[cpus[0]], [cpus[1 % len(cpus)]]])
+    assert sorted(pinned.values()) == expected
 
 
 def test_sighup_replaces_every_worker_without_refusing_one_connection(server):
