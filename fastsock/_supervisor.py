@@ -44,6 +44,10 @@ Signals
     SIGHUP   rolling restart: start a new worker, wait   ignored
              until it is ready, stop an old one
              gracefully; repeat for each
+    SIGIO    -                                           the supervisor may
+                                                         be gone (below)
+    SIGALRM  -                                           default action
+                                                         once orphaned
     =======  ==========================================  ===================
 
     The supervisor installs its handlers only where the signal's handler
@@ -64,14 +68,16 @@ Dead workers
     one before, from 0.1 s up to 4 s.
 
 Supervisor death
-    Each worker holds the read end of a pipe whose only write end is the
-    supervisor's, and a thread of the worker waits on it: when the
-    supervisor dies, even by SIGKILL, the read ends, and the worker stops
-    serving and exits within ``_ORPHAN_GRACE`` seconds.  This works the
-    same in both engines, whatever the program's hooks do, and needs no
-    Linux-only ``prctl``.  (A forking worker is therefore a
-    multi-threaded process when it forks; the waiting thread holds no
-    lock, so its children are unaffected.)
+    Each worker holds the read end of a pipe of its own whose only write
+    end is the supervisor's: when the supervisor dies, even by SIGKILL,
+    the pipe reaches EOF, and the worker stops serving and is ended
+    within ``_ORPHAN_GRACE`` seconds (SIGALRM, whose default action works
+    even while the main thread is stuck in a request).  The pipe is
+    O_ASYNC: the kernel sends the worker SIGIO when the writer goes, so
+    this needs no thread (a forking worker forks a single-threaded
+    process) and no Linux-only ``prctl``, and works in both engines
+    whatever the program's hooks do.  Where O_ASYNC is not known to work
+    on pipes, a thread of the worker waits on it instead.
 
 max_requests
     A worker counts the requests it took by wrapping its server's
@@ -155,6 +161,16 @@ _BOARD_SLOTS_PER_WORKER = 4
 _READY = b"r"
 _RETIRING = b"q"
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+# Whether a pipe can signal its reader (SIGIO) when its writer goes.
+_ASYNC_IO = (sys.platform.startswith(("linux", "freebsd", "darwin"))
+             and fcntl is not None and hasattr(fcntl, "F_SETOWN")
+             and hasattr(os, "O_ASYNC") and hasattr(signal, "SIGIO")
+             and hasattr(signal, "setitimer"))
+
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT")
                       if hasattr(signal, name))
 _SIGHUP = getattr(signal, "SIGHUP", None)
@@ -163,14 +179,15 @@ _SIGHUP = getattr(signal, "SIGHUP", None)
 class _Worker:
     """One worker process, as the supervisor sees it."""
 
-    __slots__ = ("pid", "index", "slot", "status_fd", "started", "ready",
-                 "stopping", "deadline", "replaces")
+    __slots__ = ("pid", "index", "slot", "status_fd", "life_fd", "started",
+                 "ready", "stopping", "deadline", "replaces")
 
-    def __init__(self, pid, index, slot, status_fd, replaces):
+    def __init__(self, pid, index, slot, status_fd, life_fd, replaces):
         self.pid = pid
         self.index = index
         self.slot = slot            # its place on the fairness board
         self.status_fd = status_fd  # read end of its status pipe, or None
+        self.life_fd = life_fd      # write end of its life pipe, or None
         self.started = monotonic()
         self.ready = False
         self.stopping = False       # told to stop, or retiring by itself
@@ -205,9 +222,6 @@ class Supervisor:
             self._wake_r, self._wake_w = self._pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            # Only the supervisor holds the write end: its workers see EOF
-            # on the read end when it dies.
-            self._life_r, self._life_w = self._pipe()
             slots = _BOARD_SLOTS_PER_WORKER * self._count
             # Per slot: the load, then (in the second half) the worker's
             # accepting state (see _count_requests).
@@ -269,6 +283,7 @@ class Supervisor:
         self._fds = []
         for worker in self._workers.values():
             self._close_status(worker)
+            self._close_life(worker)
         if self._board is not None:
             for view in (self._loads, self._accepting, self._view):
                 view.release()
@@ -393,6 +408,11 @@ class Supervisor:
             os.close(worker.status_fd)
             worker.status_fd = None
 
+    def _close_life(self, worker):
+        if worker.life_fd is not None:
+            os.close(worker.life_fd)
+            worker.life_fd = None
+
     def _retire(self, worker):
         """Tell a worker to stop gracefully."""
         worker.stopping = True
@@ -424,6 +444,7 @@ class Supervisor:
     def _forget(self, worker, status, now):
         del self._workers[worker.pid]
         self._close_status(worker)
+        self._close_life(worker)
         if worker.slot is not None:
             self._loads[worker.slot] = self._accepting[worker.slot] = 0
             self._free_slots.append(worker.slot)
@@ -480,9 +501,12 @@ class Supervisor:
         slot = self._free_slots.pop() if self._free_slots else None
         if slot is not None:
             self._loads[slot] = self._accepting[slot] = 0
-        status_r = status_w = None
+        status_r = status_w = life_r = life_w = None
         try:
             status_r, status_w = os.pipe()
+            # Only the supervisor holds the write end: the worker sees EOF
+            # on the read end when the supervisor dies.
+            life_r, life_w = os.pipe()
             for stream in (sys.stdout, sys.stderr):
                 if stream is not None:
                     try:
@@ -497,7 +521,7 @@ class Supervisor:
                 _unblock_signals(blocked)
                 raise
         except OSError as exc:  # EAGAIN, ENOMEM: try again later
-            for fd in (status_r, status_w):
+            for fd in (status_r, status_w, life_r, life_w):
                 if fd is not None:
                     os.close(fd)
             if slot is not None:
@@ -509,31 +533,33 @@ class Supervisor:
             return
         if pid == 0:
             os.close(status_r)
-            self._run_worker(index, slot, status_w, blocked)  # never returns
+            os.close(life_w)
+            self._run_worker(index, slot, status_w, life_r,
+                             blocked)  # never returns
         _unblock_signals(blocked)
         os.close(status_w)
-        self._workers[pid] = _Worker(pid, index, slot, status_r, replaces)
+        os.close(life_r)
+        self._workers[pid] = _Worker(pid, index, slot, status_r, life_w,
+                                     replaces)
 
     # In a worker process.
 
-    def _run_worker(self, index, slot, status_fd, blocked):
+    def _run_worker(self, index, slot, status_fd, life_fd, blocked):
         """The worker's life after the fork; ends with os._exit()."""
         code = 1
         try:
             server = self._server
             self._worker_signals(server)
             _unblock_signals(blocked)
-            for fd in [self._wake_r, self._wake_w, self._life_w] + [
-                    w.status_fd for w in self._workers.values()
-                    if w.status_fd is not None]:
+            for fd in [self._wake_r, self._wake_w] + [
+                    fd for w in self._workers.values()
+                    for fd in (w.status_fd, w.life_fd) if fd is not None]:
                 os.close(fd)
             self._workers = {}
             server.worker_index = index
             if self._cpus:
                 os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
-            threading.Thread(target=self._watch_supervisor, args=(server,),
-                             name="fastsock supervisor watch",
-                             daemon=True).start()
+            _watch_supervisor(server, life_fd)
             server.worker_init(index)
             self._count_requests(server, slot, status_fd)
             os.write(status_fd, _READY)
@@ -573,18 +599,6 @@ class Supervisor:
                 signal.set_wakeup_fd(-1)
             except ValueError:
                 pass
-
-    def _watch_supervisor(self, server):
-        """Wait until the supervisor is gone; then stop, and soon exit."""
-        while True:
-            try:
-                if not os.read(self._life_r, 1):
-                    break
-            except OSError:
-                break
-        _stop_serving(server)
-        threading.Event().wait(_ORPHAN_GRACE)
-        os._exit(1)
 
     def _count_requests(self, server, slot, status_fd):
         """Wrap the worker's process_request for max_requests and fairness,
@@ -637,6 +651,52 @@ class Supervisor:
 
 def _is_stream(server):
     return getattr(server, "socket_type", None) == socket.SOCK_STREAM
+
+
+def _watch_supervisor(server, life_fd):
+    """Make this worker leave within _ORPHAN_GRACE once the supervisor is
+    gone: its life pipe (``life_fd``, the read end) then reaches EOF.
+
+    Where the system signals it (O_ASYNC: SIGIO to this process, Linux and
+    the BSDs), without a thread, so that a forking worker forks a
+    single-threaded process; else a thread waits on the pipe.
+    """
+    def supervisor_gone():
+        try:
+            return not os.read(life_fd, 1)  # nothing is ever written
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def leave():
+        _stop_serving(server)
+        # The default action of SIGALRM ends the process even where the
+        # main thread is stuck in a request.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, _ORPHAN_GRACE)
+
+    if _ASYNC_IO:
+        def on_sigio(signum, frame):
+            if supervisor_gone():
+                leave()
+        os.set_blocking(life_fd, False)
+        signal.signal(signal.SIGIO, on_sigio)
+        fcntl.fcntl(life_fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(life_fd, fcntl.F_SETFL,
+                    fcntl.fcntl(life_fd, fcntl.F_GETFL) | os.O_ASYNC)
+        if supervisor_gone():  # before SIGIO was asked for
+            leave()
+        return
+
+    def wait():
+        while not supervisor_gone():
+            pass  # a blocking read: returns at EOF only
+        _stop_serving(server)
+        threading.Event().wait(_ORPHAN_GRACE)
+        os._exit(1)
+    threading.Thread(target=wait, name="fastsock supervisor watch",
+                     daemon=True).start()
 
 
 def _stop_serving(server):
