@@ -207,6 +207,7 @@ class Supervisor:
         self._server = server
         self._count = server._worker_count()
         self._pid = os.getpid()
+        _log()  # logging imported now, not when a fork fails for memory
         self._stopping = False
         self._cut_short = False    # a second stop signal: no more grace
         self._reload = False       # SIGHUP received
