@@ -902,7 +902,7 @@ def multicore_notes(bench, summary):
             else f"; the load generator on CPU {bench.pinning[1]}"
         )
     )
-    for (workload, cls, server, conc), entry in sorted(summary.items()):
+    for (workload, cls, server, conc), entry in summary.items():
         one = summary.get((workload, cls, "fastsock", conc))
         if server == "fastsock-workers" and one and one["rps"] and entry["rps"]:
             notes.append(
