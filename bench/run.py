@@ -856,6 +856,9 @@ def plan(args, skip):
                 )
             if args.concurrency:
                 concs = tuple(c for c in concs if c in args.concurrency)
+            if getattr(args, "multicore", False) and not args.quick:
+                # The single process only where the workers run.
+                concs = tuple(c for c in concs if c in MULTICORE[workload.name])
             if concs:
                 classes[cls] = concs
         all_concs = tuple(sorted({c for concs in classes.values() for c in concs}))
