@@ -20,6 +20,7 @@ SERVER_LABELS = {
     "stdlib": "stdlib",
     "fastsock": "fastsock",
     "fastsock-pure": "fastsock pure",
+    "fastsock-workers": "fastsock workers",
     "asyncio": "asyncio",
     "uvloop": "uvloop",
     "ceiling": "C ceiling",

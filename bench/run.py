@@ -4,6 +4,7 @@
     python bench/run.py --quick  # under 2 minutes; writes bench/out/quick.* only
     python bench/run.py --workload tcp-keepalive --server stdlib --server fastsock
     python bench/run.py --list   # workloads, server classes and servers
+    python bench/run.py --multicore  # only the multi-core section (workers)
 
 Every server runs in a process of its own, pinned to one CPU, on loopback;
 the load generator (``loadgen.c``, built here with the system compiler) runs
@@ -13,6 +14,16 @@ concurrency a short warm-up, then several repetitions interleaved across the
 servers, so that a slow phase of a shared machine hits all of them alike.
 The C echo server (``echo_server.c``) is measured the same way: it shows the
 load generator's ceiling.
+
+The multi-core section: the server ``fastsock-workers`` is fastsock with
+``workers = N``, one worker per CPU given to servers (all CPUs but the load
+generator's; on a machine with fewer than 3 CPUs, all of them, shared with
+the load generator, which the run's notes then say), measured against the
+single-process ``fastsock`` on ThreadingTCPServer for the workloads and
+concurrencies of ``workloads.MULTICORE``.  Its CPU time is the supervisor's
+and its workers'; the notes give each worker's memory (RSS, and the part of
+it that is its own: private pages, not shared copy-on-write with the
+supervisor) and the ratio to one process.
 
 Output: a table on stdout (progress on stderr), a JSON file of every sample
 and summary, and a PNG chart when matplotlib is importable.  Which files:
@@ -50,7 +61,7 @@ from pathlib import Path
 
 import report
 from _build import BuildError, build
-from workloads import BY_NAME, WORKLOADS
+from workloads import BY_NAME, MULTICORE, MULTICORE_CLASS, WORKLOADS
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
@@ -67,12 +78,15 @@ class Server:
     module: str | None  # module servers.py runs; None: the C echo server
     engine: str | None  # what servers.py must report running
     reference: bool = False
+    # Serves with one worker process per server CPU (the multi-core section).
+    workers: bool = False
 
 
 SERVERS = [
     Server("stdlib", "socketserver", "stdlib"),
     Server("fastsock", "fastsock", "cython"),
     Server("fastsock-pure", "fastsock", "python"),
+    Server("fastsock-workers", "fastsock", "cython", workers=True),
     Server("asyncio", "asyncio", "asyncio", reference=True),
     Server("uvloop", "uvloop", "uvloop", reference=True),
     Server("ceiling", None, None, reference=True),
@@ -220,6 +234,67 @@ class ServerProcess:
         self.proc.stdout.close()
 
 
+class SupervisedProcess(ServerProcess):
+    """A server with worker processes: its CPU time and settling take its
+    workers (its live children) in."""
+
+    def worker_pids(self):
+        try:
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                return [int(pid) for pid in f.read().split()]
+        except OSError:
+            return []
+
+    def cpu_seconds(self):
+        total = super().cpu_seconds()
+        for pid in self.worker_pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def has_children(self):
+        return False  # its workers stay
+
+    def worker_memory(self):
+        """[(Rss, its own: Private_Clean + Private_Dirty) in KiB] of each
+        worker, from /proc/PID/smaps_rollup."""
+        memory = []
+        for pid in self.worker_pids():
+            fields = {}
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    for line in f:
+                        name, _, value = line.partition(":")
+                        if name in ("Rss", "Private_Clean", "Private_Dirty"):
+                            fields[name] = int(value.split()[0])
+            except OSError:
+                continue
+            memory.append(
+                (
+                    fields.get("Rss", 0),
+                    fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0),
+                )
+            )
+        return memory
+
+
+# The CPUs this process was given, before main() pins it to one.
+_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def multicore_cpus(pinning):
+    """(CPUs for a server with workers, whether the load generator shares
+    them): every CPU but the load generator's, or all with fewer than 3."""
+    cpus = set(_CPUS)
+    if pinning and len(cpus) >= 3:
+        return cpus - {pinning[1]}, False
+    return cpus, True
+
+
 @dataclass
 class Target:
     """One server process: an implementation, a workload and a class."""
@@ -310,7 +385,9 @@ class Bench:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fastsock-bench-"))
         self.samples = []
         self.failures = []
+        self.notes = []
         self.progress = None
+        self.multicore_cpus, self.multicore_shared = multicore_cpus(pinning)
 
     # -- servers ---------------------------------------------------------
 
@@ -337,10 +414,16 @@ class Bench:
             argv = [sys.executable, str(SERVERS_PY), server.module, w.name, address]
             if target.cls:
                 argv += ["--cls", target.cls]
-        target.process = ServerProcess(
+            if server.workers:
+                argv += ["--workers", str(len(self.multicore_cpus))]
+        process_class = SupervisedProcess if server.workers else ServerProcess
+        target.process = process_class(
             argv, server_env(server), self.workdir / f"{name}.log"
         )
-        if self.pinning:
+        # Its workers, forked once it serves, inherit it.
+        if server.workers:
+            os.sched_setaffinity(target.process.pid, self.multicore_cpus)
+        elif self.pinning:
             os.sched_setaffinity(target.process.pid, {self.pinning[0]})
 
     def wait_ready(self, target):
@@ -390,7 +473,8 @@ class Bench:
             argv += ["-n", str(max_requests)]
         if max_errors:
             argv += ["-e", str(max_errors)]
-        if target.process is not None:
+        if target.process is not None and not target.server.workers:
+            # (loadgen reads one process's CPU time: not a supervisor's workers')
             argv += ["-P", str(target.process.pid)]
         return argv
 
@@ -651,8 +735,25 @@ class Bench:
 
     def stop_all(self, targets):
         for target in targets:
+            if target.server.workers and target.process is not None:
+                self._note_worker_memory(target)
+        for target in targets:
             if target.process is not None:
                 target.process.stop()
+
+    def _note_worker_memory(self, target):
+        memory = target.process.worker_memory()
+        if not memory:
+            return
+        supervisor = target.process.status().get("VmRSS")
+        self.notes.append(
+            f"{target.label} on {target.workload.name}: supervisor RSS "
+            f"{report.format_mib((supervisor or 0) / 1024)} MiB; each worker RSS "
+            + ", ".join(report.format_mib((rss or 0) / 1024) for rss, _ in memory)
+            + " MiB, of which its own (private, not shared with the supervisor) "
+            + ", ".join(report.format_mib(own / 1024) for _, own in memory)
+            + " MiB"
+        )
 
     def run_workload(self, workload, targets):
         """Start, check and time every target of one workload."""
@@ -755,12 +856,17 @@ def plan(args, skip):
                 )
             if args.concurrency:
                 concs = tuple(c for c in concs if c in args.concurrency)
+            if getattr(args, "multicore", False) and not args.quick:
+                # The single process only where the workers run.
+                concs = tuple(c for c in concs if c in MULTICORE[workload.name])
             if concs:
                 classes[cls] = concs
         all_concs = tuple(sorted({c for concs in classes.values() for c in concs}))
         targets = []
         for server in servers:
-            if not server.reference:
+            if server.workers:
+                targets += multicore_targets(args, server, workload, classes)
+            elif not server.reference:
                 targets += [
                     Target(server, workload, cls, concs)
                     for cls, concs in classes.items()
@@ -770,6 +876,45 @@ def plan(args, skip):
         if targets:
             groups.append((workload, targets))
     return groups
+
+
+def multicore_targets(args, server, workload, classes):
+    """The multi-core section's target for ``workload``, if it has one."""
+    concs = MULTICORE.get(workload.name, ())
+    if not concs or MULTICORE_CLASS not in classes:
+        return []
+    if args.quick:  # where the quick run measures one process too
+        concs = (QUICK_CONCURRENCY,)
+    if args.concurrency:
+        concs = tuple(c for c in concs if c in args.concurrency)
+    return [Target(server, workload, MULTICORE_CLASS, concs)] if concs else []
+
+
+def multicore_notes(bench, summary):
+    """What a reader of the multi-core section needs: placement, ratios."""
+    notes = []
+    if not any(key[2] == "fastsock-workers" for key in summary):
+        return notes
+    cpus = sorted(bench.multicore_cpus)
+    notes.append(
+        f"fastsock workers: {len(cpus)} workers on CPUs {cpus}"
+        + (
+            ", shared with the load generator (this machine has too few CPUs "
+            "to give it CPUs of its own)"
+            if bench.multicore_shared
+            else f"; the load generator on CPU {bench.pinning[1]}"
+        )
+    )
+    for (workload, cls, server, conc), entry in summary.items():
+        one = summary.get((workload, cls, "fastsock", conc))
+        if server == "fastsock-workers" and one and one["rps"] and entry["rps"]:
+            notes.append(
+                f"{workload} {cls} c={conc}: {len(cpus)} workers "
+                f"{report.format_rate(entry['rps'])} req/s, one process "
+                f"{report.format_rate(one['rps'])}: "
+                f"×{report.format_ratio(entry['rps'] / one['rps'])}"
+            )
+    return notes
 
 
 def git_commit():
@@ -863,6 +1008,12 @@ def parse_args(argv):
         type=Path,
         help="write a RESULTS.md-style report here (default: "
         "bench/RESULTS.md for a full run only)",
+    )
+    parser.add_argument(
+        "--multicore",
+        action="store_true",
+        help="only the multi-core section: fastsock with workers against one "
+        "process (see workloads.MULTICORE)",
     )
     parser.add_argument(
         "--list", action="store_true", help="list what can be run and exit"
@@ -982,6 +1133,14 @@ def main(argv=None):
         print_list()
         return 0
     settings = make_settings(args)
+    if args.multicore:
+        args.server = args.server or ["fastsock", "fastsock-workers"]
+        args.cls = args.cls or [MULTICORE_CLASS]
+        args.workload = args.workload or list(MULTICORE)
+        if not args.quick:  # quick: both at QUICK_CONCURRENCY
+            args.concurrency = args.concurrency or sorted(
+                {c for concs in MULTICORE.values() for c in concs}
+            )
     filtered = args.workload or args.server or args.cls or args.concurrency
     name = "quick" if args.quick else "partial" if filtered else "full"
     results_path = args.results or (
@@ -1031,8 +1190,9 @@ def main(argv=None):
         bench.close()
 
     wall_s = round(time.monotonic() - started, 1)
-    meta = describe_run(argv, settings, pinning, engines, load_before, wall_s, notes)
     summary = report.summarize(bench.samples)
+    notes += multicore_notes(bench, summary) + bench.notes
+    meta = describe_run(argv, settings, pinning, engines, load_before, wall_s, notes)
     print_report(summary, bench.failures, notes)
     written = write_outputs(meta, bench, summary, args.out, name, results_path)
     print(f"\n{wall_s:.0f} s; wrote " + ", ".join(map(str, written)))

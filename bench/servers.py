@@ -1,6 +1,6 @@
 """The servers under test, one per process: ``python bench/servers.py ...``.
 
-    python bench/servers.py MODULE WORKLOAD ADDRESS [--cls CLASS]
+    python bench/servers.py MODULE WORKLOAD ADDRESS [--cls CLASS] [--workers N]
 
 MODULE is ``socketserver`` or ``fastsock`` for the servers being compared,
 or ``asyncio`` / ``uvloop`` for the reference servers.  ADDRESS is
@@ -17,6 +17,9 @@ rows measure its own handlers, with their faster request parsing.
 fastsock's engine is chosen by the environment (``FASTSOCK_PURE=1`` forces
 the pure one), and the engine actually running is reported so the benchmark
 can check it measured what it claims.
+
+``--workers N`` (fastsock only) serves with N worker processes
+(``workers = N``), as the multi-core section of the benchmark does.
 
 Once listening, the process prints ``READY ADDRESS ENGINE`` on stdout and
 serves until it is killed.
@@ -121,7 +124,7 @@ def format_address(address):
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
-def serve_socketserver(module_name, workload, class_name, address):
+def serve_socketserver(module_name, workload, class_name, address, workers=None):
     socketserver = importlib.import_module(module_name)
     sys.modules["socketserver"] = socketserver
     httpserver = http_server_module(module_name)
@@ -133,7 +136,10 @@ def serve_socketserver(module_name, workload, class_name, address):
     if not issubclass(base, socketserver.BaseServer):
         # http.server was imported before the swap: it would measure the stdlib.
         raise RuntimeError(f"{class_name} is not built on {module_name}")
-    server_class = type(class_name, (base,), {"request_queue_size": LISTEN_BACKLOG})
+    attributes = {"request_queue_size": LISTEN_BACKLOG}
+    if workers:
+        attributes["workers"] = workers
+    server_class = type(class_name, (base,), attributes)
     server = server_class(parse_address(workload, address), handler)
     engine = getattr(socketserver, "BACKEND", "stdlib")
     print("READY", format_address(server.server_address), engine, flush=True)
@@ -199,6 +205,7 @@ def main(argv=None):
     parser.add_argument("workload", choices=sorted(BY_NAME))
     parser.add_argument("address")
     parser.add_argument("--cls", help="server class (socketserver-style modules)")
+    parser.add_argument("--workers", type=int, help="worker processes (fastsock)")
     args = parser.parse_args(argv)
     workload = BY_NAME[args.workload]
     if args.module in ("asyncio", "uvloop"):
@@ -206,7 +213,9 @@ def main(argv=None):
     else:
         if args.cls not in workload.classes:
             parser.error(f"--cls must be one of {', '.join(workload.classes)}")
-        serve_socketserver(args.module, workload, args.cls, args.address)
+        if args.workers and args.module != "fastsock":
+            parser.error("--workers needs the fastsock module")
+        serve_socketserver(args.module, workload, args.cls, args.address, args.workers)
 
 
 if __name__ == "__main__":

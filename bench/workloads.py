@@ -64,6 +64,19 @@ WORKLOADS = [
         },
     ),
     Workload(
+        "tcp-cpr-close",
+        "TCP, connection per request, client closes first, 64 B line echo",
+        "tcp",
+        "line-echo",  # the handler reads lines until EOF
+        "echo-cpr",  # one line, its echo, close
+        "stream",
+        64,
+        {
+            "TCPServer": CONCURRENCIES,
+            "ThreadingTCPServer": CONCURRENCIES,
+        },
+    ),
+    Workload(
         "tcp-keepalive",
         "TCP keep-alive ping-pong, 64 B line echo",
         "tcp",
@@ -153,3 +166,12 @@ WORKLOADS = [
 ]
 
 BY_NAME = {w.name: w for w in WORKLOADS}
+
+# The multi-core section (``run.py --multicore``): fastsock with workers
+# against one process, on these workloads, server class and concurrencies.
+MULTICORE_CLASS = "ThreadingTCPServer"
+MULTICORE = {
+    "tcp-keepalive": (64, 256),
+    "tcp-cpr": (64,),
+    "tcp-cpr-close": (64,),
+}

@@ -1,14 +1,20 @@
 """``python -m fastsock``: run a program, or a file server, on fastsock.
 
-    python -m fastsock run script.py [args...]
-    python -m fastsock run -m module [args...]
+    python -m fastsock run [--workers N] [--systemd] script.py [args...]
+    python -m fastsock run [--workers N] [--systemd] -m module [args...]
     python -m fastsock http [port] [-b ADDRESS] [-d DIRECTORY] ...
 
 ``run`` calls ``fastsock.install()`` and then runs the script or module as
 Python would have run it directly: as ``__main__``, with the same
 ``sys.argv``, the same ``sys.path[0]`` and the same exit status.  Every
 ``import socketserver`` in it -- or in http.server, xmlrpc.server and the
-rest, which it imports afterwards -- gives fastsock.
+rest, which it imports afterwards -- gives fastsock.  The serving options
+before the script (fastsock._cli) apply to its servers: ``--workers N``
+serves every server that the program serves with ``serve_forever()`` from
+its main thread with N worker processes, unless it sets ``workers`` itself;
+``--systemd`` makes its servers take the sockets systemd passed instead of
+binding; ``--proxy-protocol`` makes its stream servers expect a PROXY
+header on every connection.
 
 ``http`` is ``python -m fastsock.http``: http.server's file server on
 fastsock.
@@ -20,18 +26,19 @@ import runpy
 import sys
 import zipfile
 
+from . import _cli
 from ._install import install
 
 USAGE = """\
-usage: python -m fastsock run [--systemd] script.py [args...]
-       python -m fastsock run [--systemd] -m module [args...]
+usage: python -m fastsock run [options] script.py [args...]
+       python -m fastsock run [options] -m module [args...]
        python -m fastsock http [-h] [port] [options...]
 
-  run    run a script or module with fastsock installed as socketserver;
-         --systemd: its servers take the sockets systemd passed, in order,
-         instead of binding (fastsock.systemd.offer)
+  run    run a script or module with fastsock installed as socketserver
   http   serve files over HTTP, like python -m http.server
-"""
+
+options of run, before the script (http takes them too):
+""" + _cli.describe()
 
 
 def _usage_error(message):
@@ -80,18 +87,14 @@ def run_module(name, args):
 def _run(args):
     if not args:
         return _usage_error("run needs a script or -m module")
+    if args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0
+    options, args = _cli.split_options(args, "python -m fastsock run")
+    _cli.apply(options)
+    if not args:
+        return _usage_error("run needs a script or -m module")
     first, rest = args[0], args[1:]
-    if first == "--systemd":
-        from . import systemd
-        sockets = systemd.listen_fds()
-        if not sockets:
-            print("python -m fastsock run: --systemd: no socket was passed "
-                  "(LISTEN_FDS, LISTEN_PID)", file=sys.stderr)
-            return 1
-        systemd.offer(sockets)
-        if not rest:
-            return _usage_error("run needs a script or -m module")
-        first, rest = rest[0], rest[1:]
     if first in ("-h", "--help"):
         print(USAGE, end="")
         return 0

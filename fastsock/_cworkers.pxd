@@ -23,6 +23,7 @@ cdef class WorkerPool:
     cdef Py_ssize_t _blocked
     cdef object _slot_freed
     cdef bint _closing
+    cdef object _load
     cdef object __weakref__
 
     @cython.locals(worker=_Worker)

@@ -87,6 +87,12 @@ def _open_reserve():
         return None
 
 
+# Workers for a server whose ``workers`` is None, when serve_forever() runs
+# in the main thread: what ``python -m fastsock run --workers N`` sets
+# (fastsock._cli).  None: one process.
+_command_line_workers = None
+
+
 class BaseServer:
     """The request loop and its hooks, independent of any socket type.
 
@@ -94,9 +100,37 @@ class BaseServer:
     ``handle_request()`` and ``fileno()``; subclasses supply ``fileno``,
     ``get_request`` and ``server_close`` and may override any other hook.
     ``timeout`` (seconds, or None) bounds how long ``handle_request`` waits.
+
+    Every core (fastsock extensions; see fastsock._supervisor): with
+    ``workers`` set to N > 1, ``serve_forever()`` forks N worker processes
+    that share the listening socket, each running the ordinary loop (with
+    the server's mix-in: threads or children per worker), and supervises
+    them: a worker that dies is replaced, SIGHUP replaces them all one by
+    one, SIGTERM or SIGINT (where their handlers are the defaults) and
+    ``shutdown()`` stop them gracefully, after which serve_forever()
+    returns in the calling process only.  ``workers`` None or 1: one
+    process, as before (``python -m fastsock run --workers N`` makes None
+    mean N for servers served from the main thread).  The other settings:
+
+    - ``graceful_timeout``: seconds a stopping worker gives its running
+      requests before it closes what is left (default 30);
+    - ``max_requests``: a worker stops gracefully and is replaced after
+      that many requests, plus a random ``0..max_requests_jitter``
+      (default None: never);
+    - ``worker_cpu_affinity``: pin worker i to the i-th CPU the process
+      may use, modulo their number (default False);
+    - ``worker_init(index)``: a hook called in each worker after the fork,
+      before it serves; ``worker_index`` is that index in a worker and None
+      elsewhere.
     """
 
     timeout = None
+    workers = None
+    graceful_timeout = 30.0
+    max_requests = None
+    max_requests_jitter = 0
+    worker_cpu_affinity = False
+    worker_index = None
 
     def __init__(self, server_address, RequestHandlerClass):
         self.server_address = server_address
@@ -125,8 +159,13 @@ class BaseServer:
             if "NOTIFY_SOCKET" in os.environ:  # under systemd (or alike)
                 from .systemd import _LoopNotifier
                 notifier = _LoopNotifier(self)
-                poll_interval = notifier.start(poll_interval)
-            loop = self.__loop = _backend.engine().ServeLoop(self)
+            if self._worker_count() > 1:
+                from ._supervisor import Supervisor
+                loop = self.__loop = Supervisor(self, notifier)
+            else:
+                if notifier is not None:
+                    poll_interval = notifier.start(poll_interval)
+                loop = self.__loop = _backend.engine().ServeLoop(self)
             try:
                 if not self.__shutdown_request:
                     loop.run(poll_interval)
@@ -142,6 +181,30 @@ class BaseServer:
     def _prepare_to_serve(self):
         """Get what serving needs before the first request: called when
         serve_forever() starts.  Nothing here; see TCPServer."""
+
+    def _worker_count(self):
+        """How many processes serve_forever() is to serve with (1: this
+        one alone).  A worker serves alone."""
+        workers = self.workers
+        if workers is None:
+            workers = _command_line_workers
+            if (workers is None
+                    or threading.current_thread() is not threading.main_thread()):
+                return 1
+        if self.worker_index is not None:
+            return 1
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be None or a positive integer, "
+                             f"not {workers!r}")
+        return workers
+
+    def worker_init(self, index):
+        """Called in each worker process before it serves; override at will.
+
+        ``index`` (also ``self.worker_index``) is the worker's number, from
+        0 to ``workers - 1``; a replacement takes the number of the worker
+        it replaces.
+        """
 
     def shutdown(self):
         """Ask serve_forever() to stop and wait until it has.

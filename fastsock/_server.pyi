@@ -80,6 +80,14 @@ class BaseServer:
         exc_val: BaseException | None,
         exc_tb: TracebackType | None,
     ) -> None: ...
+    # fastsock's prefork serving (fastsock._supervisor).
+    workers: int | None
+    graceful_timeout: float
+    max_requests: int | None
+    max_requests_jitter: int
+    worker_cpu_affinity: bool
+    worker_index: int | None
+    def worker_init(self, index: int) -> None: ...
     # fastsock's hooks.
     def _accept_failed(self, exc: OSError) -> None: ...
     def _pause_accepting(self, until: float | None = None) -> None: ...

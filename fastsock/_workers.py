@@ -13,6 +13,11 @@ releases the baton, which is the only thread switch a hand-off costs.  A
 worker whose wait times out leaves the idle list under the pool lock, unless
 a request was handed to it in the meantime, in which case it runs that one.
 
+The pool publishes how many requests it is running into
+``server._worker_load`` where a prefork worker set one (a one-item
+memoryview into the supervisor's shared board, see fastsock._supervisor),
+so that the workers of one server can spread connections fairly.
+
 With ``max_threads`` set, the pool counts running requests and asks the
 server's loop to stop accepting when the limit is reached and to resume when
 a request finishes.  Both happen under the pool lock, so a request that ends
@@ -84,6 +89,8 @@ class WorkerPool:
         self._blocked = 0        # submit() calls waiting for a free slot
         self._slot_freed = threading.Condition(self._lock)
         self._closing = False
+        # Where to publish _running for the other prefork workers, or None.
+        self._load = getattr(server, "_worker_load", None)
         _live_pools.add(self)
 
     def __len__(self):
@@ -101,6 +108,8 @@ class WorkerPool:
                 self._running += 1
             else:
                 self._claim_slot(limit)
+            if self._load is not None:
+                self._load[0] = self._running
             if not self._idle:
                 self._start_worker(request, client_address)
                 return
@@ -156,6 +165,8 @@ class WorkerPool:
     def _end_request(self):
         """Count one request less; resume accepting if it freed a slot."""
         self._running -= 1
+        if self._load is not None:
+            self._load[0] = self._running
         if self._accept_paused and (self._limit is None
                                     or self._running < self._limit):
             self._accept_paused = False

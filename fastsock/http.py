@@ -24,7 +24,9 @@ or any other hook, sees them called as http.server calls them.
 ``python -m fastsock.http`` -- or ``python -m fastsock http`` -- serves files
 like ``python -m http.server``, with the running interpreter's arguments
 (``port``, ``--bind``, ``--directory``, ``--protocol`` from 3.11, ``--cgi``
-while http.server has CGI), its dual-stack binding and its messages.
+while http.server has CGI), its dual-stack binding and its messages, and
+fastsock's serving options (``--workers N``: one worker process per core,
+say; SIGTERM then stops them gracefully and the command exits 0).
 """
 
 import argparse
@@ -39,6 +41,7 @@ import sys
 import time
 import types
 
+from . import _cli
 from ._graceful import serve_until_signal
 from ._server import StreamRequestHandler, TCPServer, ThreadingMixIn
 
@@ -253,33 +256,21 @@ def _passive_address(host, port):
 
 
 def serve(handler_class=SimpleHTTPRequestHandler, port=8000, bind=None,
-          directory=None, protocol="HTTP/1.0", proxy_protocol=False,
-          proxy_protocol_trusted=None, systemd=False):
+          directory=None, protocol="HTTP/1.0"):
     """Serve ``directory`` (default: the current one) until Ctrl-C or
     SIGTERM (a graceful stop: running requests get 30 s).
 
     ``bind`` is a host name or address (None: all interfaces) and
-    ``protocol`` the HTTP version the handler speaks.  ``proxy_protocol``:
-    every connection starts with a PROXY header from a proxy in
-    ``proxy_protocol_trusted`` (None: loopback).
-    ``systemd``: serve on the socket systemd passed (``port`` and ``bind``
-    are then not used).  Returns the exit status.
+    ``protocol`` the HTTP version the handler speaks.  The command line's
+    serving options (``--workers``, ``--systemd``, ``--proxy-protocol``:
+    fastsock._cli) are applied before, as class defaults.  Returns the
+    exit status.
     """
     family, address = _passive_address(bind, port)
     handler = type(handler_class.__name__, (_ServerDirectory, handler_class),
                    {"protocol_version": protocol})
-    if systemd:
-        from . import systemd as _systemd
-        sockets = _systemd.listen_fds()
-        if not sockets:
-            print("--systemd: no socket was passed (LISTEN_FDS, LISTEN_PID)",
-                  file=sys.stderr)
-            return 1
-        _systemd.offer(sockets[:1])
     with _FileServer(family, address, handler,
                      directory or os.getcwd()) as server:
-        server.proxy_protocol = proxy_protocol
-        server.proxy_protocol_trusted = proxy_protocol_trusted
         host, port = server.socket.getsockname()[:2]
         url_host = f"[{host}]" if ":" in host else host
         print(f"Serving HTTP on {host} port {port} "
@@ -314,35 +305,23 @@ def _argument_parser(prog):
                             default="HTTP/1.0",
                             help="the HTTP version to answer with "
                                  "(default: %(default)s)")
-    parser.add_argument("--proxy-protocol", action="store_true",
-                        help="expect a PROXY protocol header (v1 or v2) on "
-                             "every connection, from a trusted proxy")
-    parser.add_argument("--proxy-protocol-trusted", metavar="ADDRESSES",
-                        type=lambda text: text.split(","),
-                        help="the proxies trusted to send it: addresses or "
-                             "networks, comma-separated (default: loopback "
-                             "and Unix peers)")
-    parser.add_argument("--systemd", action="store_true",
-                        help="serve on the socket passed by systemd "
-                             "(socket activation) instead of binding")
     parser.add_argument("port", default=8000, type=int, nargs="?",
                         help="the port to listen on (default: %(default)s)")
+    _cli.add_options(parser)
     return parser
 
 
 def main(argv=None, prog="python -m fastsock.http"):
     """The command line: ``argv`` as for ``python -m http.server``."""
     args = _argument_parser(prog).parse_args(argv)
+    _cli.apply(args)
     if getattr(args, "cgi", False):
         handler_class = CGIHTTPRequestHandler
     else:
         handler_class = SimpleHTTPRequestHandler
     return serve(handler_class, port=args.port, bind=args.bind,
                  directory=args.directory,
-                 protocol=getattr(args, "protocol", "HTTP/1.0"),
-                 proxy_protocol=args.proxy_protocol,
-                 proxy_protocol_trusted=args.proxy_protocol_trusted,
-                 systemd=args.systemd)
+                 protocol=getattr(args, "protocol", "HTTP/1.0"))
 
 
 if __name__ == "__main__":

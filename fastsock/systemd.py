@@ -136,6 +136,14 @@ def notify_reloading():
                   f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
 
+def notify_reloading_quietly():
+    """notify_reloading() for fastsock's own use: never raises."""
+    try:
+        return notify_reloading()
+    except OSError:
+        return False
+
+
 def _notify_quietly(*states):
     """notify(), for what fastsock sends by itself: a service manager that
     went away must not break the server."""
@@ -184,38 +192,53 @@ class _LoopNotifier:
         self._interval = None
         self._next = None
         self._saved = None
+        self._feeding = False
 
-    def start(self, poll_interval):
-        """Send READY=1 if due and install the watchdog feeder; return the
-        poll interval to use."""
+    def ready(self):
+        """Send READY=1 (and MAINPID), once per process."""
         global _ready_pid
         if _ready_pid != os.getpid():
             _ready_pid = os.getpid()
             _notify_quietly("READY=1", f"MAINPID={os.getpid()}")
+
+    def beat(self):
+        """Send WATCHDOG=1 when half the watchdog's interval has passed;
+        a loop calls it on every turn."""
+        now = time.monotonic()
+        if self._interval is not None and now >= self._next:
+            self._next = now + self._interval
+            _notify_quietly("WATCHDOG=1")
+
+    def start(self, poll_interval, feed=True):
+        """Send READY=1 if due and, with ``feed``, install the watchdog
+        feeder on the server (a supervisor calls beat() itself); return
+        the poll interval to use."""
+        self.ready()
         self._interval = interval = _watchdog_interval()
         if interval is None:
             return poll_interval
-        server = self._server
-        self._saved = vars(server).get("service_actions")
-        own_actions = server.service_actions
         self._next = time.monotonic()
+        if feed:
+            server = self._server
+            self._saved = vars(server).get("service_actions")
+            own_actions = server.service_actions
+            beat = self.beat
 
-        def service_actions():
-            own_actions()
-            now = time.monotonic()
-            if now >= self._next:
-                self._next = now + interval
-                _notify_quietly("WATCHDOG=1")
+            def service_actions():
+                own_actions()
+                beat()
 
-        server.service_actions = service_actions
+            server.service_actions = service_actions
+            self._feeding = True
         if poll_interval is None or poll_interval > interval:
             poll_interval = interval
         return poll_interval
 
     def stop(self):
         """Take the feeder off the server."""
-        if self._interval is None:
+        if not self._feeding:
             return
+        self._feeding = False
         if self._saved is None:
             vars(self._server).pop("service_actions", None)
         else:

@@ -32,6 +32,7 @@ from test_install import engine_env, run_python
 
 import fastsock
 import fastsock.http
+from fastsock import _cli
 
 START_TIMEOUT = 20.0
 BIG_FILE_SIZE = 10 * 1024 * 1024
@@ -625,9 +626,9 @@ def test_http_command_takes_the_interpreters_options(engine):
     theirs = run_python(engine, ["-m", "http.server", "--help"])
     ours = run_python(engine, ["-m", "fastsock.http", "--help"])
     assert theirs.returncode == ours.returncode == 0
-    # http.server's options, and fastsock's own additions.
-    added = ["--proxy-protocol", "--proxy-protocol-trusted", "--systemd"]
-    assert _options(ours.stdout) == sorted(_options(theirs.stdout) + added)
+    # Plus fastsock's serving options, shared with `python -m fastsock run`.
+    extra = [flag for flag, _, _ in _cli.OPTIONS]
+    assert _options(ours.stdout) == sorted(_options(theirs.stdout) + extra)
     assert ("--protocol" in ours.stdout) == HAS_PROTOCOL_OPTION
     assert ("--cgi" in ours.stdout) == HAS_CGI
 

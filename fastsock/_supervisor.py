@@ -1,0 +1,775 @@
+"""Prefork serving: ``workers = N`` and the supervisor that runs them.
+
+``BaseServer.serve_forever()`` hands over to ``Supervisor`` when the
+server's worker count is above one.  The supervisor is then the server's
+loop object (what ``shutdown()`` stops), in the process that called
+serve_forever().  It forks N workers, watches them, replaces the ones that
+die, and returns once they have all stopped.  It never touches a connection
+and starts no thread: it is one loop, waiting on a self-pipe and on one
+status pipe per worker, with a short timeout.
+
+The listener
+    It is bound once, in the calling process, by ``server_bind()`` and
+    ``server_activate()`` as always, and every worker inherits it: one
+    accept queue shared by all.  A worker that exits leaves the queued
+    connections to the others, so none is refused or reset (per-worker
+    ``SO_REUSEPORT`` listeners would reset the connections queued on the
+    one that closes).  While the workers run, the listener is
+    non-blocking: all of them wake for each connection and all but one
+    find nothing to accept, which must not block them.  Its timeout is
+    restored when the supervisor ends.
+
+Workers
+    Each worker runs the ordinary single-process loop
+    (``BaseServer.serve_forever``) on its copy of the server object, with
+    the server's mix-in: threads per worker (``max_threads`` per worker),
+    or children per worker.  Before serving it calls
+    ``server.worker_init(index)``, then reports "ready" on its status pipe.
+    When its loop ends it lets running requests finish for
+    ``graceful_timeout`` seconds (fastsock._graceful's wait: threads, or
+    children, which are killed at the deadline), and leaves with
+    ``os._exit``: a worker never returns into the program's code, which
+    goes on in the supervisor alone.  ``shutdown()`` called inside a worker
+    (by a request) stops that worker only, and the supervisor replaces it;
+    the supervisor's own ``service_actions()`` is not called (the workers'
+    loops call theirs).
+
+Cost
+    Every worker waits on the shared listener, so each new connection
+    wakes all of them and all but one find nothing to accept.  Measured
+    here (2 cores shared with the load generator, ThreadingTCPServer,
+    64 connections): keep-alive 1.2-1.4x one process; connection per
+    request about 0.6x, at about twice the CPU per request (62 against
+    33 us).  ``EPOLLEXCLUSIVE`` on the listener in the compiled engine's
+    poller would wake one worker per connection; it is left to the
+    engine, and would need the fairness rule measured again (exclusive
+    waiters are woken most recent first).  Each extra worker costs about
+    3-8 MiB of memory of its own: the rest is shared copy-on-write with
+    the supervisor.
+
+Signals
+    =======  ==========================================  ===================
+    signal   supervisor                                  worker
+    =======  ==========================================  ===================
+    SIGTERM  graceful stop: SIGTERM to every worker,     graceful stop of
+             SIGKILL to those left after                 this worker
+             ``graceful_timeout``; serve_forever()
+             returns.  A second one: SIGKILL at once
+    SIGINT   the same (Ctrl-C reaches the whole          ignored
+             process group; the supervisor decides)
+    SIGHUP   rolling restart: start a new worker, wait   ignored
+             until it is ready, stop an old one
+             gracefully; repeat for each
+    SIGIO    -                                           the supervisor may
+                                                         be gone (below)
+    SIGALRM  -                                           default action
+                                                         once orphaned
+    =======  ==========================================  ===================
+
+    The supervisor installs its handlers only where the signal's handler
+    is the default one (and only when it runs in the main thread), so that
+    a program's own handlers -- ``fastsock.serve_until_signal()``'s, which
+    call ``shutdown()`` -- keep working; they are restored when it ends.
+    The handlers only set a flag and write to the self-pipe.
+
+Dead workers
+    Workers are reaped by pid (``waitpid(pid, WNOHANG)``, never
+    ``waitpid(-1)``, which would take the program's own children) on every
+    turn of the loop, which a worker's exit ends at once where its status
+    pipe closes, and at the latest after ``_TICK``.  Each exit is logged on
+    the ``fastsock`` logger with the pid and the exit status or signal
+    (INFO for a worker told to stop that exited 0, WARNING otherwise).  A
+    worker that died is replaced at once, unless workers keep dying right
+    after they start: then each replacement waits twice as long as the
+    one before, from 0.1 s up to 4 s.
+
+Supervisor death
+    Each worker holds the read end of a pipe of its own whose only write
+    end is the supervisor's: when the supervisor dies, even by SIGKILL,
+    the pipe reaches EOF, and the worker stops serving and is ended
+    within ``_ORPHAN_GRACE`` seconds (SIGALRM, whose default action works
+    even while the main thread is stuck in a request).  The pipe is
+    O_ASYNC: the kernel sends the worker SIGIO when the writer goes, so
+    this needs no thread (a forking worker forks a single-threaded
+    process) and no Linux-only ``prctl``, and works in both engines
+    whatever the program's hooks do.  Where O_ASYNC is not known to work
+    on pipes, a thread of the worker waits on it instead.
+
+max_requests
+    A worker counts the requests it took by wrapping its server's
+    ``process_request`` on the instance, in the worker only (so the
+    compiled engine calls it as an override; no wrapper is installed when
+    neither max_requests nor fairness needs one).  After ``max_requests``
+    plus a random ``0..max_requests_jitter``, it reports "retiring" (the
+    supervisor starts its replacement at once), stops accepting and stops
+    gracefully.
+
+Fairness
+    With a shared listener the kernel does not spread connections evenly:
+    epoll wakes every worker, the one already running usually wins, and
+    the compiled loop accepts up to 64 connections per wake-up; many
+    keep-alive connections opened at once end up on a few workers.
+    Measured here (2 cores, 64 keep-alive connections opened one after the
+    other over 4 ThreadingTCPServer workers, fair share 16), a plain shared
+    listener gave the busiest worker up to 30 and the idlest 8.  So the
+    workers share a board: an anonymous shared ``mmap`` made before
+    forking, with per worker a slot for its load (how many requests it is
+    serving: a ThreadingMixIn worker's pool writes its count of running
+    requests there, fastsock._workers; a ForkingMixIn worker its number of
+    children) and one for its state (not serving, accepting, or paused
+    until a given ``time.monotonic_ns()``, a clock every process shares).
+    After each request it takes, a worker whose load is ``_FAIR_LEAD`` or
+    more above the least loaded worker that accepts *now* stops accepting
+    for ``_FAIR_PAUSE_NS`` (``server._pause_accepting`` with a deadline),
+    so that the next connections go to the others.  A paused worker does
+    not count as one that accepts: the least loaded worker that accepts
+    never pauses, so some worker always accepts (an earlier rule, "over
+    the mean of all", paused every worker at once under
+    connection-per-request load and cut it from 12k to 1.3k requests/s).
+    Measured the same way: every worker within 14..18 of 16 in 32 runs,
+    both engines; connection per request (16 connections, 2 workers)
+    unchanged against no fairness at all (about 12k/s).  A pause of 5 ms
+    instead of 1 ms let one worker take a whole burst while the others
+    were paused (6..25).  A sequential server holds one request at a time
+    and needs nothing; nor does a datagram server.  The board has 4N
+    slots: workers that are finishing their requests after a restart or
+    ``max_requests`` keep theirs while their replacements run; should all
+    be taken, a new worker serves without taking part.
+"""
+
+import mmap
+import os
+import random
+import select
+import signal
+import socket
+import sys
+import threading
+from time import monotonic, monotonic_ns
+
+from ._server import BaseServer, ThreadingMixIn, _log
+
+# The supervisor's longest wait between two looks at its workers (s).
+_TICK = 0.1
+# Replacement back-off for workers that keep dying right after start (s).
+_BACKOFF_FIRST = 0.1
+_BACKOFF_MAX = 4.0
+# A worker that dies before it is ready or this soon after start (s)
+# counts as dying at start.
+_QUICK_DEATH = 1.0
+# How long an orphaned worker gives its running requests (s).
+_ORPHAN_GRACE = 1.0
+# Fairness: how many requests more than the least busy accepting worker a
+# worker may serve, and how long one that serves more stops accepting (s).
+_FAIR_LEAD = 2
+_FAIR_PAUSE_NS = 1_000_000
+# A worker's accepting state on the board: 0 while it does not serve;
+# _ACCEPTING or the time.monotonic_ns() its pause ended while it accepts;
+# the time it will end while it is paused.  The monotonic clock is the
+# same in every process.
+_ACCEPTING = 1
+
+# Slots on the fairness board per worker: workers still finishing after a
+# restart or max_requests keep theirs until they exit.
+_BOARD_SLOTS_PER_WORKER = 4
+
+# What a worker writes on its status pipe.
+_READY = b"r"
+_RETIRING = b"q"
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+# Whether a pipe can signal its reader (SIGIO) when its writer goes.
+_ASYNC_IO = (sys.platform.startswith(("linux", "freebsd", "darwin"))
+             and fcntl is not None and hasattr(fcntl, "F_SETOWN")
+             and hasattr(os, "O_ASYNC") and hasattr(signal, "SIGIO")
+             and hasattr(signal, "setitimer"))
+
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT")
+                      if hasattr(signal, name))
+_SIGHUP = getattr(signal, "SIGHUP", None)
+
+
+class _Worker:
+    """One worker process, as the supervisor sees it."""
+
+    __slots__ = ("pid", "index", "slot", "status_fd", "life_fd", "started",
+                 "ready", "stopping", "deadline", "replaces")
+
+    def __init__(self, pid, index, slot, status_fd, life_fd, replaces):
+        self.pid = pid
+        self.index = index
+        self.slot = slot            # its place on the fairness board
+        self.status_fd = status_fd  # read end of its status pipe, or None
+        self.life_fd = life_fd      # write end of its life pipe, or None
+        self.started = monotonic()
+        self.ready = False
+        self.stopping = False       # told to stop, or retiring by itself
+        self.deadline = None        # when a stopping worker gets SIGKILL
+        self.replaces = replaces    # pid it takes over from (SIGHUP)
+
+
+class Supervisor:
+    """The loop of a ``serve_forever()`` with workers: see the module
+    docstring.  The same interface as an engine's ServeLoop."""
+
+    def __init__(self, server, notifier=None):
+        if not hasattr(os, "fork"):
+            raise RuntimeError(
+                f"workers={server.workers!r}: serving with several worker "
+                f"processes needs os.fork(), which this platform lacks")
+        self._server = server
+        # Tells systemd (fastsock.systemd) when all workers are ready,
+        # around a rolling restart and at the stop; feeds its watchdog.
+        self._notifier = notifier
+        self._announced = False    # READY=1 sent
+        self._reloading = False    # RELOADING=1 sent, READY=1 not yet
+        self._count = server._worker_count()
+        self._pid = os.getpid()
+        _log()  # logging imported now, not when a fork fails for memory
+        self._stopping = False
+        self._cut_short = False    # a second stop signal: no more grace
+        self._reload = False       # SIGHUP received
+        self._to_replace = []      # pids of a rolling restart, in order
+        self._workers = {}         # pid -> _Worker
+        self._quick_deaths = 0
+        self._next_spawn = 0.0
+        self._handlers = {}        # signal -> the handler it had
+        self._listener_timeout = None
+        self._fds = []
+        self._board = None
+        try:
+            self._wake_r, self._wake_w = self._pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            slots = _BOARD_SLOTS_PER_WORKER * self._count
+            # Per slot: the load, then (in the second half) the worker's
+            # accepting state (see _count_requests).
+            self._board = mmap.mmap(-1, 2 * 8 * slots)
+            self._free_slots = list(range(slots - 1, -1, -1))
+            self._view = memoryview(self._board).cast("q")
+            self._loads = self._view[:slots]
+            self._accepting = self._view[slots:]
+            self._cpus = None
+            if server.worker_cpu_affinity and hasattr(os, "sched_getaffinity"):
+                self._cpus = sorted(os.sched_getaffinity(0))
+        except BaseException:
+            self.close()
+            raise
+
+    def _pipe(self):
+        r, w = os.pipe()
+        self._fds += (r, w)
+        return r, w
+
+    # The engine-loop interface.
+
+    def run(self, poll_interval):
+        """Start the workers, supervise them until stop(), stop them."""
+        self._poll_interval = poll_interval
+        self._install_signal_handlers()
+        try:
+            self._share_listener()
+            while not self._stopping:
+                self._maintain()
+                self._wait(self._next_wait())
+                self._reap()
+                if self._notifier is not None:
+                    self._tell_service_manager()
+            if self._notifier is not None:
+                _systemd()._notify_quietly("STOPPING=1")
+            self._stop_workers()
+        finally:
+            self._kill_workers()
+            self._restore_signal_handlers()
+
+    def stop(self):
+        """End run() after a graceful stop of the workers; thread-safe."""
+        self._stopping = True
+        self._wake()
+
+    def pause_accepting(self, until=None):
+        """Nothing to pause: the supervisor accepts nothing."""
+
+    def resume_accepting(self):
+        """Nothing to resume: the supervisor accepts nothing."""
+
+    def close(self):
+        """Release the pipes and the board; restore the listener."""
+        if self._listener_timeout is not None:
+            timeout, self._listener_timeout = self._listener_timeout, None
+            try:
+                self._server.socket.settimeout(timeout[0])
+            except OSError:
+                pass  # closed meanwhile
+        for fd in self._fds:
+            os.close(fd)
+        self._fds = []
+        for worker in self._workers.values():
+            self._close_status(worker)
+            self._close_life(worker)
+        if self._board is not None:
+            for view in (self._loads, self._accepting, self._view):
+                view.release()
+            self._board.close()
+            self._board = None
+
+    # Signals.
+
+    def _install_signal_handlers(self):
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be installed there
+        wanted = {signum: self._on_stop_signal for signum in _STOP_SIGNALS}
+        if _SIGHUP is not None:
+            wanted[_SIGHUP] = self._on_reload_signal
+        for signum, handler in wanted.items():
+            current = signal.getsignal(signum)
+            if current in (signal.SIG_DFL, signal.default_int_handler):
+                self._handlers[signum] = signal.signal(signum, handler)
+
+    def _restore_signal_handlers(self):
+        handlers, self._handlers = self._handlers, {}
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+    def _on_stop_signal(self, signum, frame):
+        if self._stopping:
+            self._cut_short = True
+        self._stopping = True
+        self._wake()
+
+    def _on_reload_signal(self, signum, frame):
+        self._reload = True
+        self._wake()
+
+    def _wake(self):
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:  # full (a wake-up is pending anyway) or closed
+            pass
+
+    # The loop.
+
+    def _share_listener(self):
+        """Make the listener non-blocking while the workers share it."""
+        listener = getattr(self._server, "socket", None)
+        if listener is not None and hasattr(listener, "settimeout"):
+            self._listener_timeout = (listener.gettimeout(),)
+            listener.settimeout(0.0)
+
+    def _active(self):
+        return [w for w in self._workers.values() if not w.stopping]
+
+    def _maintain(self):
+        """Start the workers that are missing; advance a rolling restart."""
+        now = monotonic()
+        if self._reload:
+            self._reload = False
+            if self._notifier is not None and not self._reloading:
+                self._reloading = True
+                _systemd().notify_reloading_quietly()
+            for worker in self._active():
+                if worker.replaces is None and worker.pid not in self._to_replace:
+                    self._to_replace.append(worker.pid)
+        while self._to_replace:
+            old = self._workers.get(self._to_replace[0])
+            if old is None or old.stopping:
+                del self._to_replace[0]
+                continue
+            new = [w for w in self._active() if w.replaces == old.pid]
+            if not new:
+                if now >= self._next_spawn:
+                    self._spawn(old.index, replaces=old.pid)
+            elif new[0].ready:
+                new[0].replaces = None
+                self._retire(old)
+                del self._to_replace[0]
+                continue
+            break
+        missing = set(range(self._count)) - {w.index for w in self._active()}
+        for index in sorted(missing):
+            if now < self._next_spawn:
+                break
+            self._spawn(index)
+
+    def _tell_service_manager(self):
+        """READY=1 once every worker is ready, and again after a rolling
+        restart; the watchdog's beat on every turn of a healthy loop."""
+        notifier = self._notifier
+        if not self._announced:
+            active = self._active()
+            if len(active) == self._count and all(w.ready for w in active):
+                self._announced = True
+                notifier.start(self._poll_interval, feed=False)
+        elif self._reloading and not self._to_replace:
+            self._reloading = False
+            _systemd()._notify_quietly("READY=1")
+        notifier.beat()
+
+    def _next_wait(self):
+        if self._next_spawn > monotonic():
+            return min(_TICK, self._next_spawn - monotonic())
+        return _TICK
+
+    def _wait(self, timeout):
+        """Wait for a wake-up, a worker's message or its end."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        by_fd = {}
+        for worker in self._workers.values():
+            if worker.status_fd is not None:
+                by_fd[worker.status_fd] = worker
+                poller.register(worker.status_fd, select.POLLIN)
+        for fd, _ in poller.poll(max(0, timeout) * 1000):
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except OSError:  # BlockingIOError: drained
+                    pass
+            else:
+                self._read_status(by_fd[fd])
+
+    def _read_status(self, worker):
+        try:
+            messages = os.read(worker.status_fd, 64)
+        except OSError:
+            messages = b""
+        if not messages:  # the worker and what it forked have gone
+            self._close_status(worker)
+            return
+        if _READY in messages:
+            worker.ready = True
+        if _RETIRING in messages and not worker.stopping:
+            worker.stopping = True
+            worker.deadline = monotonic() + self._server.graceful_timeout
+
+    def _close_status(self, worker):
+        if worker.status_fd is not None:
+            os.close(worker.status_fd)
+            worker.status_fd = None
+
+    def _close_life(self, worker):
+        if worker.life_fd is not None:
+            os.close(worker.life_fd)
+            worker.life_fd = None
+
+    def _retire(self, worker):
+        """Tell a worker to stop gracefully."""
+        worker.stopping = True
+        worker.deadline = monotonic() + self._server.graceful_timeout
+        self._signal(worker, signal.SIGTERM)
+
+    def _signal(self, worker, signum):
+        try:
+            os.kill(worker.pid, signum)
+        except ProcessLookupError:
+            pass  # exited; reaped next
+
+    def _reap(self, block=False):
+        """Reap the workers that exited; SIGKILL stopping ones past their
+        deadline."""
+        now = monotonic()
+        for worker in list(self._workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, 0 if block else os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else
+                pid, status = worker.pid, None
+            if not pid:
+                if worker.deadline is not None and now >= worker.deadline:
+                    worker.deadline = None
+                    self._signal(worker, signal.SIGKILL)
+                continue
+            self._forget(worker, status, now)
+
+    def _forget(self, worker, status, now):
+        del self._workers[worker.pid]
+        self._close_status(worker)
+        self._close_life(worker)
+        if worker.slot is not None:
+            self._loads[worker.slot] = self._accepting[worker.slot] = 0
+            self._free_slots.append(worker.slot)
+        expected = worker.stopping or self._stopping
+        self._log_exit(worker, status, expected)
+        if expected:
+            return
+        if not worker.ready or now - worker.started < _QUICK_DEATH:
+            self._quick_deaths += 1
+            delay = min(_BACKOFF_FIRST * 2 ** (self._quick_deaths - 1),
+                        _BACKOFF_MAX)
+            self._next_spawn = now + delay
+        else:
+            self._quick_deaths = 0
+
+    def _log_exit(self, worker, status, expected):
+        what = f"worker {worker.index} (pid {worker.pid})"
+        if status is None:
+            _log().warning("%s is gone; its exit status was taken by "
+                           "another waitpid()", what)
+        elif os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+            try:
+                name = signal.Signals(signum).name
+            except ValueError:
+                name = str(signum)
+            _log().warning("%s was killed by signal %d (%s)", what, signum,
+                           name)
+        else:
+            code = os.waitstatus_to_exitcode(status)
+            if code == 0 and expected:
+                _log().info("%s exited", what)
+            else:
+                _log().warning("%s exited with status %d", what, code)
+
+    def _stop_workers(self):
+        """Graceful stop: SIGTERM, wait, SIGKILL what is left, reap."""
+        for worker in self._active():
+            self._retire(worker)
+        while self._workers and not self._cut_short:
+            self._wait(_TICK)
+            self._reap()
+
+    def _kill_workers(self):
+        """SIGKILL and reap every worker left (the end of any run())."""
+        for worker in self._workers.values():
+            self._signal(worker, signal.SIGKILL)
+        self._reap(block=True)
+
+    # Starting a worker.
+
+    def _spawn(self, index, replaces=None):
+        # None: every slot is held by workers still finishing (rare).
+        slot = self._free_slots.pop() if self._free_slots else None
+        if slot is not None:
+            self._loads[slot] = self._accepting[slot] = 0
+        status_r = status_w = life_r = life_w = None
+        try:
+            status_r, status_w = os.pipe()
+            # Only the supervisor holds the write end: the worker sees EOF
+            # on the read end when the supervisor dies.
+            life_r, life_w = os.pipe()
+            for stream in (sys.stdout, sys.stderr):
+                if stream is not None:
+                    try:
+                        stream.flush()  # else both processes write it
+                    except (OSError, ValueError):
+                        pass
+            # Signals wait until each process has its own handlers.
+            blocked = _block_signals()
+            try:
+                pid = os.fork()
+            except BaseException:
+                _unblock_signals(blocked)
+                raise
+        except OSError as exc:  # EAGAIN, ENOMEM: try again later
+            for fd in (status_r, status_w, life_r, life_w):
+                if fd is not None:
+                    os.close(fd)
+            if slot is not None:
+                self._free_slots.append(slot)
+            self._quick_deaths += 1
+            self._next_spawn = monotonic() + min(
+                _BACKOFF_FIRST * 2 ** (self._quick_deaths - 1), _BACKOFF_MAX)
+            _log().warning("cannot start worker %d: %s", index, exc)
+            return
+        if pid == 0:
+            os.close(status_r)
+            os.close(life_w)
+            self._run_worker(index, slot, status_w, life_r,
+                             blocked)  # never returns
+        _unblock_signals(blocked)
+        os.close(status_w)
+        os.close(life_r)
+        self._workers[pid] = _Worker(pid, index, slot, status_r, life_w,
+                                     replaces)
+
+    # In a worker process.
+
+    def _run_worker(self, index, slot, status_fd, life_fd, blocked):
+        """The worker's life after the fork; ends with os._exit()."""
+        code = 1
+        try:
+            server = self._server
+            self._worker_signals(server)
+            _unblock_signals(blocked)
+            for fd in [self._wake_r, self._wake_w] + [
+                    fd for w in self._workers.values()
+                    for fd in (w.status_fd, w.life_fd) if fd is not None]:
+                os.close(fd)
+            self._workers = {}
+            # The supervisor speaks to systemd for all (MAINPID is its).
+            for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+                os.environ.pop(name, None)
+            server.worker_index = index
+            if self._cpus:
+                os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
+            _watch_supervisor(server, life_fd)
+            server.worker_init(index)
+            self._count_requests(server, slot, status_fd)
+            os.write(status_fd, _READY)
+            if slot is not None:
+                self._accepting[slot] = _ACCEPTING
+            BaseServer.serve_forever(server, self._poll_interval)
+            if slot is not None:
+                self._accepting[slot] = 0
+            from ._graceful import _GracefulStop
+            finishing = _GracefulStop(server, server.graceful_timeout)
+            finishing.loop_ended()
+            finishing.wait_for_requests()
+            code = 0
+        except BaseException:
+            try:
+                _log().exception("worker %d (pid %d) failed", index,
+                                 os.getpid())
+            except BaseException:
+                pass
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except BaseException:
+                    pass
+            os._exit(code)
+
+    def _worker_signals(self, server):
+        def stop(signum, frame):
+            _stop_serving(server)
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if _SIGHUP is not None:
+            signal.signal(_SIGHUP, signal.SIG_IGN)
+        if threading.current_thread() is threading.main_thread():
+            try:
+                signal.set_wakeup_fd(-1)
+            except ValueError:
+                pass
+
+    def _count_requests(self, server, slot, status_fd):
+        """Wrap the worker's process_request for max_requests and fairness,
+        where either applies; publish its load on the board."""
+        limit = server.max_requests
+        if limit is not None:
+            limit += random.randint(0, server.max_requests_jitter or 0)
+        threading_server = isinstance(server, ThreadingMixIn)
+        forking_server = hasattr(server, "active_children")
+        fair = (slot is not None and _is_stream(server)
+                and (threading_server or forking_server))
+        loads, accepting = self._loads, self._accepting
+        if fair and threading_server:
+            # The pool publishes its running count here (fastsock._workers).
+            server._worker_load = loads[slot:slot + 1]
+        if limit is None and not fair:
+            return
+        original = server.process_request
+        taken = 0
+
+        def process_request(request, client_address):
+            nonlocal taken
+            original(request, client_address)
+            taken += 1
+            if limit is not None and taken >= limit:
+                try:
+                    os.write(status_fd, _RETIRING)
+                except OSError:
+                    pass
+                _stop_serving(server)
+            elif fair:
+                if forking_server:
+                    loads[slot] = len(server.active_children or ())
+                mine = loads[slot]
+                # max_threads reached: the pool paused accepting until a
+                # request ends, which this must not cut short.
+                if (mine >= _FAIR_LEAD
+                        and mine != getattr(server, "max_threads", None)):
+                    now = monotonic_ns()
+                    # The workers that accept now (this one included).
+                    lowest = min([load for load, state
+                                  in zip(loads, accepting)
+                                  if _ACCEPTING <= state <= now])
+                    if mine - lowest >= _FAIR_LEAD:
+                        until = accepting[slot] = now + _FAIR_PAUSE_NS
+                        server._pause_accepting(until / 1e9)
+
+        server.process_request = process_request
+
+
+def _systemd():
+    from . import systemd  # only under a service manager
+    return systemd
+
+
+def _is_stream(server):
+    return getattr(server, "socket_type", None) == socket.SOCK_STREAM
+
+
+def _watch_supervisor(server, life_fd):
+    """Make this worker leave within _ORPHAN_GRACE once the supervisor is
+    gone: its life pipe (``life_fd``, the read end) then reaches EOF.
+
+    Where the system signals it (O_ASYNC: SIGIO to this process, Linux and
+    the BSDs), without a thread, so that a forking worker forks a
+    single-threaded process; else a thread waits on the pipe.
+    """
+    def supervisor_gone():
+        try:
+            return not os.read(life_fd, 1)  # nothing is ever written
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    def leave():
+        _stop_serving(server)
+        # The default action of SIGALRM ends the process even where the
+        # main thread is stuck in a request.
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, _ORPHAN_GRACE)
+
+    if _ASYNC_IO:
+        def on_sigio(signum, frame):
+            if supervisor_gone():
+                leave()
+        os.set_blocking(life_fd, False)
+        signal.signal(signal.SIGIO, on_sigio)
+        fcntl.fcntl(life_fd, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(life_fd, fcntl.F_SETFL,
+                    fcntl.fcntl(life_fd, fcntl.F_GETFL) | os.O_ASYNC)
+        if supervisor_gone():  # before SIGIO was asked for
+            leave()
+        return
+
+    def wait():
+        while not supervisor_gone():
+            pass  # a blocking read: returns at EOF only
+        _stop_serving(server)
+        threading.Event().wait(_ORPHAN_GRACE)
+        os._exit(1)
+    threading.Thread(target=wait, name="fastsock supervisor watch",
+                     daemon=True).start()
+
+
+def _stop_serving(server):
+    """Make the worker's serve_forever() return; safe in a signal handler
+    and from any thread."""
+    server._BaseServer__shutdown_request = True
+    loop = server._BaseServer__loop
+    if loop is not None:
+        loop.stop()
+
+
+_BLOCKED_AT_FORK = set(_STOP_SIGNALS) | ({_SIGHUP} if _SIGHUP else set())
+
+
+def _block_signals():
+    """Block the signals the supervisor and workers handle differently;
+    return what to pass to _unblock_signals()."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED_AT_FORK)
+
+
+def _unblock_signals(previous):
+    if previous is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
