@@ -37,11 +37,12 @@ asks about the listening socket, says which are which.
 
 What it assumes of the interpreter: a GIL; it must not be built for a
 free-threaded one.  The buffered objects' fast paths (a read served from
-the buffer, a write that fits in it) read and move ``_pos``/``_end``
-without their lock: the GIL makes each such step atomic, and every call
-that can let go of the GIL (recv, send, waits) holds the lock and leaves
-the buffer in a state those fast paths may read.  is_plain_socket()'s cache
-is three C variables set together with no Python code in between.
+the buffer, a write that fits in it) check and move ``_pos``/``_end``
+without their lock, running no Python code in between: under the GIL no
+other thread can run there.  Every step that can let go of the GIL (recv,
+send, a wait) is taken with the lock held, and leaves the buffer in a
+state those fast paths may read.  is_plain_socket()'s cache is three C
+variables, set together with no Python code in between.
 """
 
 import _socket
