@@ -918,7 +918,8 @@ class _Shortcut:
     def __repr__(self):
         hooks = ", ".join(f"{cls.__name__}.{name}"
                           for cls, name in self.replaces)
-        return f"<shortcut for {hooks}; unset: {', '.join(self.unset)}>"
+        unset = f" while {', '.join(self.unset)} unset" if self.unset else ""
+        return f"<shortcut for {hooks}{unset}>"
 
 
 # The connection preamble: attributes that ask for work on each new

@@ -526,7 +526,7 @@ def test_engine_interface():
         assert callable(getattr(engine, name))
 
 
-# -- the declared plan (fastsock._server.SHORTCUTS) ----------------------------
+# -- the declared plan (fastsock._server.SHORTCUTS) ---------------------------
 
 def _default_hook_calls(hook, serve):
     """How often ``hook`` (a function of fastsock's classes) ran in the
@@ -563,6 +563,25 @@ def test_the_declared_shortcuts_alone_decide_which_hooks_are_skipped(
     calls = _default_hook_calls(fastsock.BaseServer.verify_request,
                                 lambda: _serve_three(fastsock.TCPServer))
     assert calls == (0 if engine == "cython" and declared else 3)
+
+
+@pytest.mark.parametrize("preamble_set", [False, True])
+def test_a_connection_preamble_attribute_makes_finish_request_called(
+        engine, no_leaks, monkeypatch, preamble_set):
+    # Declaring one more preamble attribute (as PROXY protocol support
+    # does) is all the compiled engine needs: while it is set, the
+    # "build_handler" shortcut does not apply and finish_request() runs.
+    table = fastsock._server.SHORTCUTS
+    declared = table["build_handler"]
+    monkeypatch.setitem(table, "build_handler", fastsock._server._Shortcut(
+        declared.replaces, unset=declared.unset + ("preamble_for_test",)))
+
+    class Server(fastsock.TCPServer):
+        preamble_for_test = preamble_set
+
+    calls = _default_hook_calls(fastsock.TCPServer.finish_request,
+                                lambda: _serve_three(Server))
+    assert calls == (0 if engine == "cython" and not preamble_set else 3)
 
 
 def test_a_preamble_attribute_set_on_the_instance_while_serving_is_honoured(
@@ -636,7 +655,7 @@ def test_shortcut_table_names_real_hooks():
         fastsock._server.SHORTCUTS["build_handler"].unset)
 
 
-# -- the plain-socket rule (fastsock._cio.is_plain_socket) ---------------------
+# -- the plain-socket rule (fastsock._cio.is_plain_socket) --------------------
 
 try:
     from fastsock._cio import is_plain_socket
@@ -702,7 +721,7 @@ def test_a_reader_that_fails_to_open_holds_no_makefile_reference():
         assert odd.fileno() == -1
 
 
-# -- engine binding and switching (fastsock._backend) --------------------------
+# -- engine binding and switching (fastsock._backend) -------------------------
 
 class EngineOfRfile(fastsock.StreamRequestHandler):
     def handle(self):

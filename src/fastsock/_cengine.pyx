@@ -358,12 +358,9 @@ cdef class _ServerPlan:
     cdef bint _instance_unchanged(self) except -1:
         cdef tuple watched = self._watched
         cdef Py_ssize_t i
-        cdef PyObject *value
         for i in range(0, len(watched), 2):
-            value = PyDict_GetItem(self._instance_dict, watched[i])
-            if value == NULL:
-                value = <PyObject *>ABSENT
-            if value != <PyObject *>watched[i + 1]:
+            if (_entry(self._instance_dict, watched[i])
+                    != <PyObject *>watched[i + 1]):
                 return False
         return True
 
@@ -386,7 +383,7 @@ cdef class _ServerPlan:
         watched = []
         if instance_dict is not None:
             for name in dict.fromkeys(names):
-                watched += [name, instance_dict.get(name, ABSENT)]
+                watched += [name, <object>_entry(instance_dict, name)]
         for name, shortcut in table.items():
             bit = SHORTCUT_BITS.get(name, 0)
             if bit & self._wanted and _applies(shortcut, cls, server,
@@ -402,6 +399,12 @@ cdef class _ServerPlan:
         # Read last: the look-ups above gave the class a valid tag.
         self._type_version = fs_type_version(cls)
         return shortcuts
+
+
+cdef inline PyObject *_entry(object instance_dict, object name):
+    """The object the dict holds for ``name``, or ABSENT; borrowed."""
+    cdef PyObject *value = PyDict_GetItem(instance_dict, name)
+    return <PyObject *>ABSENT if value == NULL else value
 
 
 cdef unsigned long long _instance_dict_version(object instance_dict):
