@@ -389,12 +389,13 @@ cdef class _ServerPlan:
             if bit & self._wanted and _applies(shortcut, cls, server,
                                                instance_dict):
                 shortcuts |= bit
-        # Replaced whole (the old objects freed only on return), with no
-        # Python code running in between: see the module docstring.
-        previous = (self._instance_dict, self._watched)
+        watched_entries = tuple(watched)
+        previous = (self._instance_dict, self._watched)  # freed on return
+        # From here on no Python code runs until the plan is replaced whole:
+        # see the module docstring.
         self._instance_dict = instance_dict
         self._dict_version = dict_version
-        self._watched = tuple(watched)
+        self._watched = watched_entries
         self._shortcuts = shortcuts
         # Read last: the look-ups above gave the class a valid tag.
         self._type_version = fs_type_version(cls)
