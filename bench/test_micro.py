@@ -43,11 +43,8 @@ def impl(request):
         assert not hasattr(socketserver, "BACKEND"), "socketserver is not the stdlib's"
         yield socketserver
         return
-    previous = _backend.use(request.param)
-    try:
+    with _backend.use(request.param):
         yield fastsock
-    finally:
-        _backend.use(previous)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from typing_extensions import Self, disjoint_base
 
 from ._cio import stream_reader as stream_reader
 from ._cio import stream_writer as stream_writer
-from ._server import BaseServer
+from ._backend import EngineServer, PooledEngineServer
 from ._workers import WorkerPool as _WorkerPool
 
 NAME: Final = "cython"
@@ -14,7 +14,7 @@ NAME: Final = "cython"
 @disjoint_base
 class ServeLoop:
     # Built in __cinit__, so that a subclass cannot skip the set-up.
-    def __new__(cls, server: BaseServer) -> Self: ...
+    def __new__(cls, server: EngineServer) -> Self: ...
     def run(self, poll_interval: float | None) -> None: ...
     def stop(self) -> None: ...
     # ``until``: a time.monotonic() deadline; None: until resumed.
@@ -25,7 +25,7 @@ class ServeLoop:
 def wait_readable(fd: int, timeout: float | None) -> bool: ...
 
 # fastsock._workers.WorkerPool as compiled into fastsock._cworkers.
-def WorkerPool(server: BaseServer) -> _WorkerPool: ...
+def WorkerPool(server: PooledEngineServer) -> _WorkerPool: ...
 
 # The compiled pool's baton: threading.Lock's interface, released without
 # the GIL.

@@ -17,6 +17,10 @@ __all__ = ["stream_reader", "stream_writer", "SocketReader",
 # Whether a socket.socket's descriptor can be read from its C object.
 FD_LAYOUT_KNOWN: bool
 
+# Whether the socket's I/O is the socket module's own, on its descriptor
+# (C may do what its methods would); the compiled engine asks it too.
+def is_plain_socket(sock: object) -> bool: ...
+
 @disjoint_base
 class _Stream(BufferedIOBase):
     @property

@@ -10,15 +10,16 @@ once per request and runs ``setup``, ``handle`` and ``finish``.
 
 What fastsock changes is who drives the loop.  ``serve_forever`` and
 ``handle_request`` hand waiting, accepting and dispatching to an *engine*
-(``fastsock._backend``): the pure-Python one or the compiled one.  Both call
-the hooks defined here at the same points and in the same order as the
-standard library; the compiled engine runs the default hooks' work in C only
-after checking, once per ``serve_forever``, that the server's class keeps
-those defaults.  Engines read the server's state (its socket, its attributes)
-when they run, never a copy taken at construction.
+(``fastsock._backend``): the pure-Python one or the compiled one, bound to
+the server when a loop starts.  Both call the hooks defined here at the same
+points and in the same order as the standard library; the compiled engine
+does a default hook's work itself only where ``SHORTCUTS``, at the end of
+this module, says it may, and only while the server keeps that default.
+Engines read the server's state (its socket, its attributes) when they run,
+never a copy taken at construction.
 
 The ``rfile``/``wfile`` objects of ``StreamRequestHandler`` also come from
-the engine.
+the engine: the one the server bound.
 """
 
 import errno
@@ -79,6 +80,12 @@ if _HAS_UNIX:
         __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
 
 
+def _engine_of(server):
+    """The engine ``server`` bound, or the one in use where it bound none
+    (it has not served yet, or it is not fastsock's)."""
+    return getattr(server, "_fastsock_engine", None) or _backend.engine()
+
+
 def _open_reserve():
     """A spare descriptor to give back when out of them, or None."""
     try:
@@ -131,6 +138,11 @@ class BaseServer:
     max_requests_jitter = 0
     worker_cpu_affinity = False
     worker_index = None
+    # The engine (a fastsock._backend engine module) that this server's
+    # loops, handlers and worker pool use: bound by serve_forever() and
+    # handle_request() when they start, so that every part of a request is
+    # served by the same one.  A long name: "_engine" is an application's.
+    _fastsock_engine = None
 
     def __init__(self, server_address, RequestHandlerClass):
         self.server_address = server_address
@@ -155,6 +167,7 @@ class BaseServer:
         self.__is_shut_down.clear()
         notifier = None
         try:
+            engine = self._bind_engine()
             self._prepare_to_serve()
             if "NOTIFY_SOCKET" in os.environ:  # under systemd (or alike)
                 from .systemd import _LoopNotifier
@@ -165,7 +178,7 @@ class BaseServer:
             else:
                 if notifier is not None:
                     poll_interval = notifier.start(poll_interval)
-                loop = self.__loop = _backend.engine().ServeLoop(self)
+                loop = self.__loop = engine.ServeLoop(self)
             try:
                 if not self.__shutdown_request:
                     loop.run(poll_interval)
@@ -205,6 +218,11 @@ class BaseServer:
         0 to ``workers - 1``; a replacement takes the number of the worker
         it replaces.
         """
+
+    def _bind_engine(self):
+        """Bind the engine in use (fastsock._backend) to this server."""
+        engine = self._fastsock_engine = _backend.engine()
+        return engine
 
     def shutdown(self):
         """Ask serve_forever() to stop and wait until it has.
@@ -252,7 +270,7 @@ class BaseServer:
         if timeout is not None:
             deadline = monotonic() + timeout
 
-        wait_readable = _backend.engine().wait_readable
+        wait_readable = self._bind_engine().wait_readable
         while True:
             if wait_readable(self.fileno(), timeout):
                 return self._handle_request_noblock()
@@ -603,8 +621,9 @@ class TCPServer(BaseServer):
                                "PROXY protocol sender", client_address)
             return None
         try:
-            header = policy.receive_header(connection,
-                                           self.proxy_protocol_timeout)
+            header = policy.receive_header(
+                connection, self.proxy_protocol_timeout,
+                _engine_of(self).wait_readable)
         except (OSError, ValueError) as exc:  # ValueError: ProxyProtocolError
             policy.log.warning("connection from %r refused: no valid PROXY "
                                "header: %s", client_address, exc)
@@ -664,7 +683,7 @@ class TCPServer(BaseServer):
                 return False
         self._reserve.close()
         try:
-            if _backend.engine().wait_readable(self.fileno(), 0):
+            if _engine_of(self).wait_readable(self.fileno(), 0):
                 # The plain accept(): an SSL listener's would handshake.
                 connection, _ = socket.socket.accept(self.socket)
                 connection.close()
@@ -770,7 +789,7 @@ class _ProxyPolicy:
             return address.is_loopback
         return any(address in network for network in self.networks)
 
-    def receive_header(self, connection, timeout):
+    def receive_header(self, connection, timeout, wait_readable):
         """Read exactly one PROXY header from ``connection``; return it.
 
         Bytes are looked at (MSG_PEEK) before they are consumed, and only
@@ -778,9 +797,9 @@ class _ProxyPolicy:
         the header is incomplete, all that arrived is header: it is
         consumed, and the connection waited on for the time left.  Raises
         ProxyProtocolError, TimeoutError or ConnectionError.
+        ``wait_readable`` is the server's engine's.
         """
         deadline = None if timeout is None else monotonic() + timeout
-        wait_readable = _backend.engine().wait_readable
         received = b""
         while True:
             left = None if deadline is None else deadline - monotonic()
@@ -1072,7 +1091,7 @@ class ThreadingMixIn:
         if pool is None:
             # setdefault: two threads calling handle_request() get one pool.
             pool = vars(self).setdefault("_workers",
-                                         _backend.engine().WorkerPool(self))
+                                         _engine_of(self).WorkerPool(self))
             if self.block_on_close:
                 # What server_close() waits for, and what len() counts.
                 self._threads = pool
@@ -1192,7 +1211,10 @@ class StreamRequestHandler(BaseRequestHandler):
             connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        engine = _backend.engine()
+        # _engine_of(self.server), without its call, for a handler built by
+        # hand too (no server).
+        engine = (getattr(getattr(self, "server", None), "_fastsock_engine",
+                          None) or _backend.engine())
         self.rfile = engine.stream_reader(connection, self.rbufsize)
         self.wfile = engine.stream_writer(connection, self.wbufsize)
 
@@ -1222,13 +1244,94 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.socket.sendto(self.wfile.getvalue(), self.client_address)
 
 
-# The attributes of the classes whose work the compiled engine may do in C,
-# as defined here, taken before user code can patch them: the engine does
-# a hook's work itself only while a server or handler has the very function
-# recorded here, so that a patched base class is called like an override.
-DEFINED = {
-    (cls, name): getattr(cls, name)
-    for cls in (BaseServer, TCPServer, UDPServer, ThreadingMixIn,
-                BaseRequestHandler, DatagramRequestHandler)
-    for name in dir(cls)
+# -- Where the compiled engine may do a hook's work itself -------------------
+#
+# Where a server keeps fastsock's default hooks, the compiled engine does
+# their work itself, with fewer Python calls: these tables are the one place
+# that says where.  Each shortcut names the default hooks whose work it does,
+# as ``(class, hook)``, and the attributes it needs unset (None or false).
+# It applies only while, for each of those hooks, the server (or handler
+# class) has the very function recorded here when this module ran: a hook
+# overridden, set on the instance, or patched on fastsock's own class is
+# called instead.  The compiled engine builds its plan for a server from
+# these tables alone (fastsock._cengine._ServerPlan) and builds it again
+# whenever the server's class or its instance's hooks and watched
+# attributes change; the pure engine calls every hook.
+#
+# An engine may add conditions of its own about how it does the work (a
+# plain listening socket, say), never about which hooks it replaces.
+
+
+class _Shortcut:
+    """One shortcut: ``replaces``, the ``(class, hook)`` pairs whose work it
+    does; ``defaults``, ``(hook, function)`` for each, the functions taken
+    when this module ran; ``unset``, the attributes that must be unset."""
+
+    __slots__ = ("replaces", "defaults", "unset")
+
+    def __init__(self, replaces, unset=()):
+        self.replaces = tuple(replaces)
+        self.defaults = tuple((name, getattr(cls, name))
+                              for cls, name in self.replaces)
+        self.unset = tuple(unset)
+
+    def __repr__(self):
+        hooks = ", ".join(f"{cls.__name__}.{name}"
+                          for cls, name in self.replaces)
+        unset = f" while {', '.join(self.unset)} unset" if self.unset else ""
+        return f"<shortcut for {hooks}{unset}>"
+
+
+# The connection preamble: attributes that ask for work on each new
+# connection before its handler is built (proxy_protocol: the PROXY header,
+# then tls_context: the TLS handshake), which finish_request() does in the
+# thread that serves the request.  While one of them is set, no shortcut
+# builds the handler in its place.
+CONNECTION_PREAMBLE = ("proxy_protocol", "tls_context")
+
+# The server's shortcuts, by name.
+SHORTCUTS = {
+    # serve_forever() waits and accepts (a stream) or receives (a datagram)
+    # in C, then takes the request through _handle_request_noblock's steps,
+    # each by the shortcuts below or by its hook.  accept() is TCPServer's
+    # only without tls_context: get_request() wraps the connection.
+    "accept": _Shortcut([(BaseServer, "_handle_request_noblock"),
+                         (TCPServer, "fileno"), (TCPServer, "get_request")],
+                        unset=["tls_context"]),
+    "receive": _Shortcut([(BaseServer, "_handle_request_noblock"),
+                          (UDPServer, "fileno"), (UDPServer, "get_request")]),
+    # Hooks that do nothing (and may then go uncalled, which lets the loop
+    # take several queued requests per wake-up) or always say yes.
+    "skip_service_actions": _Shortcut([(BaseServer, "service_actions")]),
+    "skip_verify": _Shortcut([(BaseServer, "verify_request")]),
+    # process_request(): finish, then shut down, in the loop's thread.
+    "process_in_loop": _Shortcut([(BaseServer, "process_request")]),
+    # ThreadingMixIn's process_request(): hand the request to the server's
+    # worker pool (once the hook has made one).
+    "submit_to_pool": _Shortcut([(ThreadingMixIn, "process_request")]),
+    # In a worker: finish, handle_error() on an Exception, shut down.
+    "process_in_thread": _Shortcut(
+        [(ThreadingMixIn, "process_request_thread")]),
+    # finish_request(): RequestHandlerClass(request, client_address, self).
+    "build_handler": _Shortcut([(TCPServer, "finish_request")],
+                               unset=CONNECTION_PREAMBLE),
+    # shutdown_request(): shutdown(SHUT_WR), then close() the connection.
+    "shutdown_stream": _Shortcut([(TCPServer, "shutdown_request"),
+                                  (TCPServer, "close_request")]),
+    # shutdown_request() of a datagram: nothing (the socket is the server's).
+    "shutdown_datagram": _Shortcut([(UDPServer, "shutdown_request"),
+                                    (UDPServer, "close_request")]),
+}
+
+# The handler classes' shortcuts, by name.
+HANDLER_SHORTCUTS = {
+    # A datagram handler made without calling its class: object.__new__(),
+    # the attributes that __init__() and setup() set, set in their order,
+    # handle() called, and finish()'s reply sent (to the sender's address
+    # as received, where handle() left the reply's socket and address be).
+    "datagram_in_place": _Shortcut([
+        (object, "__new__"), (object, "__getattribute__"),
+        (object, "__setattr__"), (BaseRequestHandler, "__init__"),
+        (DatagramRequestHandler, "setup"), (DatagramRequestHandler, "finish"),
+    ]),
 }

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, type_check_only
 from typing_extensions import Self, TypeAlias
 
 from ._proxy import ProxyHeader
+from ._workers import WorkerPool as _WorkerPool
 
 __all__ = [
     "BaseServer",
@@ -88,7 +89,8 @@ class BaseServer:
     worker_cpu_affinity: bool
     worker_index: int | None
     def worker_init(self, index: int) -> None: ...
-    # fastsock's hooks.
+    # fastsock's hooks, and what fastsock._backend's engines rely on.
+    def _handle_request_noblock(self) -> None: ...
     def _accept_failed(self, exc: OSError) -> None: ...
     def _pause_accepting(self, until: float | None = None) -> None: ...
     def _resume_accepting(self) -> None: ...
@@ -133,6 +135,8 @@ class ThreadingMixIn:
     # and how long an idle worker thread waits for work before exiting.
     max_threads: int | None
     worker_idle_timeout: float
+    # The server's worker pool, made at the first request.
+    _workers: _WorkerPool | None
     def process_request_thread(self, request: _Request, client_address: _RetAddress) -> None: ...
     def process_request(self, request: _Request, client_address: _RetAddress) -> None: ...
     def server_close(self) -> None: ...

@@ -15,11 +15,8 @@ ENGINES = _backend.available()
 @pytest.fixture(params=ENGINES)
 def engine(request):
     """Switch fastsock to each available engine in turn."""
-    previous = _backend.use(request.param)
-    try:
+    with _backend.use(request.param):
         yield request.param
-    finally:
-        _backend.use(previous)
 
 
 @pytest.fixture

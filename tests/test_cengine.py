@@ -9,6 +9,7 @@ the fall-back to the hooks a server overrides.
 """
 
 import errno
+import gc
 import json
 import os
 import socket
@@ -16,11 +17,14 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import weakref
 
 import pytest
 
 import fastsock
+import fastsock._server
 from fastsock import _backend
 from _server_helpers import (
     HOST, HOST6, TIMEOUT, StreamEcho, connect, datagram_client, exchange,
@@ -520,3 +524,247 @@ def test_engine_interface():
     for name in ("ServeLoop", "wait_readable", "stream_reader",
                  "stream_writer"):
         assert callable(getattr(engine, name))
+
+
+# -- the declared plan (fastsock._server.SHORTCUTS) ---------------------------
+
+def _default_hook_calls(hook, serve):
+    """How often ``hook`` (a function of fastsock's classes) ran in the
+    threads that ``serve()`` starts."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code is hook.__code__:
+            calls.append(frame.f_code.co_name)
+
+    threading.setprofile(profile)
+    try:
+        serve()
+    finally:
+        threading.setprofile(None)
+    return len(calls)
+
+
+def _serve_three(server_class):
+    server = server_class((HOST, 0), StreamEcho)
+    with serving(server):
+        for payload in (b"a", b"b", b"c"):
+            assert exchange(server, payload) == payload.upper()
+
+
+@pytest.mark.parametrize("declared", [True, False])
+def test_the_declared_shortcuts_alone_decide_which_hooks_are_skipped(
+        engine, no_leaks, monkeypatch, declared):
+    # The compiled engine skips BaseServer.verify_request (it would say
+    # yes) because SHORTCUTS declares it may; taken out of the table, the
+    # hook is called by every engine.
+    if not declared:
+        monkeypatch.delitem(fastsock._server.SHORTCUTS, "skip_verify")
+    calls = _default_hook_calls(fastsock.BaseServer.verify_request,
+                                lambda: _serve_three(fastsock.TCPServer))
+    assert calls == (0 if engine == "cython" and declared else 3)
+
+
+@pytest.mark.parametrize("preamble_set", [False, True])
+def test_a_connection_preamble_attribute_makes_finish_request_called(
+        engine, no_leaks, monkeypatch, preamble_set):
+    # Declaring one more preamble attribute (as PROXY protocol support
+    # does) is all the compiled engine needs: while it is set, the
+    # "build_handler" shortcut does not apply and finish_request() runs.
+    table = fastsock._server.SHORTCUTS
+    declared = table["build_handler"]
+    monkeypatch.setitem(table, "build_handler", fastsock._server._Shortcut(
+        declared.replaces, unset=declared.unset + ("preamble_for_test",)))
+
+    class Server(fastsock.TCPServer):
+        preamble_for_test = preamble_set
+
+    calls = _default_hook_calls(fastsock.TCPServer.finish_request,
+                                lambda: _serve_three(Server))
+    assert calls == (0 if engine == "cython" and not preamble_set else 3)
+
+
+def test_a_preamble_attribute_set_on_the_instance_while_serving_is_honoured(
+        engine, no_leaks):
+    # tls_context is already in the instance dict (None) when the loop
+    # starts: setting it later changes a value, not the dict's keys, and
+    # must still take the server off the shortcuts that skip TLS.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(os.path.join(HERE, "tls_keycert.pem"))
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.check_hostname = False
+    client_context.verify_mode = ssl.CERT_NONE
+    recorder = Recorder(fastsock.BaseRequestHandler, reply=b"hello")
+    server = fastsock.TCPServer((HOST, 0), recorder.handler)
+    server.tls_context = None
+    with serving(server):
+        with connect(server) as client:
+            assert client.recv(5) == b"hello"
+        server.tls_context = context
+        with connect(server) as raw:
+            with client_context.wrap_socket(raw) as client:
+                assert client.recv(5) == b"hello"
+    assert [isinstance(request, ssl.SSLSocket)
+            for _, request, _ in recorder.seen] == [False, True]
+
+
+class PlainListener(socket.socket):
+    """A socket.socket subclass that changes none of its I/O."""
+
+
+def test_a_listening_socket_patched_while_serving_does_its_own_io(
+        engine, no_leaks, monkeypatch):
+    # A plain subclass may be served in C; patched while serving, its
+    # method must be called again (here the datagram reply's sendto).
+    sent = []
+
+    def sendto(self, data, address):
+        sent.append(data)
+        return socket.socket.sendto(self, data, address)
+
+    class Echo(fastsock.DatagramRequestHandler):
+        def handle(self):
+            self.wfile.write(self.packet.upper())
+
+    server = fastsock.UDPServer((HOST, 0), Echo, bind_and_activate=False)
+    server.socket.close()
+    server.socket = PlainListener(socket.AF_INET, socket.SOCK_DGRAM)
+    server.server_bind()
+    with serving(server), datagram_client(server) as client:
+        client.sendto(b"a", server.server_address)
+        assert client.recv(10) == b"A"
+        monkeypatch.setattr(PlainListener, "sendto", sendto, raising=False)
+        client.sendto(b"b", server.server_address)
+        assert client.recv(10) == b"B"
+    assert sent == [b"B"]
+
+
+def test_shortcut_table_names_real_hooks():
+    # Every (class, hook) a shortcut replaces exists, and what the engines
+    # compare with is that class's function.
+    tables = [fastsock._server.SHORTCUTS, fastsock._server.HANDLER_SHORTCUTS]
+    for table in tables:
+        for name, shortcut in table.items():
+            assert shortcut.replaces, name
+            for (cls, hook), (default_name, default) in zip(
+                    shortcut.replaces, shortcut.defaults):
+                assert default_name == hook
+                assert getattr(cls, hook) is default, (name, cls, hook)
+    preamble = fastsock._server.CONNECTION_PREAMBLE
+    assert set(preamble) <= set(
+        fastsock._server.SHORTCUTS["build_handler"].unset)
+
+
+# -- the plain-socket rule (fastsock._cio.is_plain_socket) --------------------
+
+try:
+    from fastsock._cio import is_plain_socket
+except ImportError:
+    is_plain_socket = None
+
+needs_cio = pytest.mark.skipif(is_plain_socket is None,
+                               reason="fastsock._cio is not built")
+
+
+@needs_cio
+def test_plain_socket_rule_follows_the_class_as_it_is_now():
+    class Counting(socket.socket):
+        pass
+
+    a, b = socket.socketpair()
+    with a, b, Counting(fileno=a.detach()) as counting:
+        assert is_plain_socket(b)
+        assert is_plain_socket(counting)
+        Counting.recv = lambda self, n, flags=0: socket.socket.recv(
+            self, n, flags)
+        assert not is_plain_socket(counting)
+        del Counting.recv
+        assert is_plain_socket(counting)
+        Counting.accept = lambda self: socket.socket.accept(self)
+        assert not is_plain_socket(counting)
+    assert not is_plain_socket(object())
+
+
+@needs_cio
+def test_plain_socket_rule_keeps_no_class_alive():
+    class Temporary(socket.socket):
+        pass
+
+    ref = weakref.ref(Temporary)
+    with Temporary() as sock:
+        assert is_plain_socket(sock)
+    del sock, Temporary
+    gc.collect()
+    assert ref() is None
+
+
+@needs_cio
+def test_a_reader_that_fails_to_open_holds_no_makefile_reference():
+    # A class whose attribute look-up fails: the reader cannot tell whether
+    # its I/O is plain, and must not have taken one of its _io_refs.
+    from fastsock._cio import SocketReader
+
+    class Meta(type):
+        @property
+        def recv(cls):
+            raise RuntimeError("no recv to be seen")
+
+    class Odd(socket.socket, metaclass=Meta):
+        pass
+
+    a, b = socket.socketpair()
+    with b, Odd(fileno=a.detach()) as odd:
+        with pytest.raises(RuntimeError):
+            SocketReader(odd, 64)
+        assert odd._io_refs == 0
+        odd.close()
+        assert odd.fileno() == -1
+
+
+# -- engine binding and switching (fastsock._backend) -------------------------
+
+class EngineOfRfile(fastsock.StreamRequestHandler):
+    def handle(self):
+        self.server.rfile_modules.append(type(self.rfile).__module__)
+        self.wfile.write(b"ok")
+
+
+@pytest.mark.skipif("cython" not in _backend.available(),
+                    reason="compiled engine not built")
+def test_a_server_keeps_the_engine_it_bound_when_its_loop_started():
+    server = fastsock.TCPServer((HOST, 0), EngineOfRfile)
+    server.rfile_modules = []
+    with _backend.use("cython"), serving(server):
+        wait_until(lambda: server._fastsock_engine is not None, "the loop")
+        with _backend.use("python"):
+            with connect(server) as client:
+                assert recv_until_eof(client) == b"ok"
+    assert server._fastsock_engine.NAME == "cython"
+    assert server.rfile_modules == ["fastsock._cio"]
+
+
+def test_a_handler_served_by_the_stdlib_server_uses_the_engine_in_use(
+        engine, no_leaks):
+    import socketserver
+
+    server = socketserver.TCPServer((HOST, 0), EngineOfRfile)
+    server.rfile_modules = []
+    with server, connect(server) as client:
+        server.handle_request()
+        assert recv_until_eof(client) == b"ok"
+    in_use = _backend.engine().stream_reader
+    assert server.rfile_modules == [in_use.__module__ if engine == "cython"
+                                    else "_io"]
+
+
+def test_use_switches_within_its_block_only():
+    before = _backend.engine()
+    for name in _backend.available():
+        with pytest.raises(KeyError):
+            with _backend.use(name) as chosen:
+                assert _backend.engine() is chosen
+                assert chosen.NAME == name
+                raise KeyError("leaving the block")
+        assert _backend.engine() is before
+    with pytest.raises(ValueError):
+        _backend.use("no such engine")

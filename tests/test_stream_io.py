@@ -914,18 +914,15 @@ def test_stream_request_handler_with_compiled_streams(monkeypatch, wbufsize):
                 self.wfile.write(line.upper())
 
     Upper.wbufsize = wbufsize
-    previous = _backend.use(_pyengine.NAME)
-    try:
-        with fastsock.TCPServer(("127.0.0.1", 0), Upper) as server:
-            worker = threading.Thread(target=server.handle_request)
-            worker.start()
-            with socket.create_connection(server.server_address) as client:
-                client.sendall(b"one\ntwo\n")
-                client.shutdown(socket.SHUT_WR)
-                reply = b"".join(iter(lambda: client.recv(100), b""))
-            worker.join()
-    finally:
-        _backend.use(previous)
+    with _backend.use(_pyengine.NAME), \
+            fastsock.TCPServer(("127.0.0.1", 0), Upper) as server:
+        worker = threading.Thread(target=server.handle_request)
+        worker.start()
+        with socket.create_connection(server.server_address) as client:
+            client.sendall(b"one\ntwo\n")
+            client.shutdown(socket.SHUT_WR)
+            reply = b"".join(iter(lambda: client.recv(100), b""))
+        worker.join()
     assert reply == b"ONE\nTWO\n"
     writer_class = _cio.SocketWriter if wbufsize == 0 else \
         _cio.BufferedSocketWriter

@@ -1,31 +1,41 @@
 """The compiled engine: the serve_forever() loop in C.
 
+What it assumes of the interpreter: a GIL; it must not be built for a
+free-threaded one.  Flags that other threads set (``stop()``,
+``pause_accepting()``) are plain C fields written and read with the GIL
+held; the cached plans that a pool's workers share are replaced whole by
+C assignments between which no Python code runs, so that a reader never
+sees half of one.  The GIL is released only around waits and system calls,
+which touch no Python object.
+
 It waits in C (epoll, kqueue or poll(), see includes/poller.h) with the GIL
 released, on the listening socket and on a wake-up descriptor that stop(),
 pause_accepting() and resume_accepting() write to from any thread.
 
-It looks at which hooks the server keeps from fastsock's base classes, and
-takes each request one of two ways:
+Which default hooks it may do the work of itself is declared in one place,
+``fastsock._server.SHORTCUTS`` (and ``HANDLER_SHORTCUTS`` for handler
+classes).  A _ServerPlan holds the shortcuts of that table that apply to
+one server now, and builds them again whenever the server's class (or a
+base) is modified or a watched name is set, replaced or deleted on the
+instance: the class's version tag (includes/type_version.h) and a look at
+the instance's dict tell, per request (the dict's entries are looked at
+again only when its own version tag, where the interpreter keeps one that
+can be relied on, has changed).  The loop, the workers of the pool and the
+datagram handlers built in place all take their shortcuts from such plans.
 
-- the generic way, when ``get_request``, ``_handle_request_noblock`` or
-  ``fileno`` is the server's own, when the listening socket is not a plain
-  ``socket.socket`` (an ``ssl.SSLSocket``, say), or when ``tls_context`` is
-  set (TCPServer.get_request() then does more than accept): the loop calls
-  ``server._handle_request_noblock()``, exactly as the pure engine does;
+The loop takes each request one of two ways:
+
+- the generic way, unless the server takes the "accept" or "receive"
+  shortcut and its listening socket is a plain socket of the socket module
+  (``fastsock._cio.is_plain_socket``, an ``ssl.SSLSocket`` is not): the
+  loop calls ``server._handle_request_noblock()``, exactly as the pure
+  engine does;
 - the compiled way otherwise: the connection is accepted (or the datagram
   received) in C and the request goes through the same steps as
-  ``BaseServer._handle_request_noblock``.  A hook the server overrides is
-  called as such; a default one is done in place: no verify_request call,
-  the handler built directly for finish_request (unless ``proxy_protocol``
-  is set: TCPServer.finish_request then reads the PROXY header first, and
-  is called), shutdown(SHUT_WR) and close() for shutdown_request.
-
-The choice is made when run() starts and made again whenever the server's
-class (or a base) is modified or a hook is set on or deleted from the
-instance: a class's version tag (includes/type_version.h) and a look at the
-instance's dict tell, per request: the dict's keys are looked at again
-only when its own version tag (where the interpreter keeps one that can be
-relied on) has changed.
+  ``BaseServer._handle_request_noblock``, each hook called unless a
+  shortcut of the plan does its work: no verify_request call, the request
+  handed to the worker pool, the handler built directly for
+  finish_request, shutdown(SHUT_WR) and close() for shutdown_request.
 
 On the compiled way one wake-up takes up to a batch of requests, one after
 the other, each only once the one before is done, and only while nothing
@@ -36,26 +46,27 @@ need to run between requests (ForkingMixIn caps its children there); so
 does a datagram server with its own ``process_request``, which hands the
 datagram to a thread (ThreadingMixIn) that needs the GIL to serve it.
 
-For a handler class that keeps DatagramRequestHandler's ``setup`` and
-``finish`` (and BaseRequestHandler's ``__init__``), the compiled way does
-their work in place and calls only ``handle``: the same attributes, set in
-the same order, and the reply sent to the sockaddr the datagram came from
-when ``handle`` left the socket and client address as they were.
+A handler class that takes the "datagram_in_place" shortcut (it keeps
+DatagramRequestHandler's ``setup`` and ``finish``, BaseRequestHandler's
+``__init__`` and object's plain attribute access) is not called: the
+handler is made and given the same attributes, set in the same order, and
+only ``handle`` is called; the reply goes to the sockaddr the datagram came
+from when ``handle`` left the socket and client address as they were.
 Datagrams are received one at a time (no recvmmsg): one received ahead
 would be lost to a KeyboardInterrupt or shutdown() that the standard
 library leaves queued in the socket.
 
 ThreadingMixIn's pool (``WorkerPool`` here) is fastsock._workers' pool as
-setup.py compiles it into fastsock._cworkers.  While the server keeps
-ThreadingMixIn's ``process_request``, the loop hands each request to that
-pool itself, as the hook would.  Its workers run each request through a
-_RequestRunner, which calls ``process_request_thread`` where the server
-overrides it (or a hook it calls) and otherwise does its work here, with
-datagram handlers built in place as above.
+setup.py compiles it into fastsock._cworkers.  While the server takes the
+"submit_to_pool" shortcut, the loop hands each request to that pool itself,
+as the hook would.  Its workers run each request through a _RequestRunner,
+which does ``process_request_thread``'s work itself for a datagram server
+that takes the shortcuts for all of it, and calls the hook otherwise.
 """
 
 from cpython.bytes cimport (
     PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE)
+from cpython.dict cimport PyDict_GetItem
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject_AsFileDescriptor
@@ -82,12 +93,20 @@ import socket
 from io import BytesIO
 from time import monotonic
 
+# The declared shortcuts (SHORTCUTS), read when a plan is built: by then the
+# module has run, whichever of the two was imported first.
+from fastsock import _server
+
 NAME = "cython"
 
 try:
-    from fastsock._cio import stream_reader, stream_writer
-except ImportError:  # built without it: the pure engine's file objects
+    from fastsock._cio import is_plain_socket, stream_reader, stream_writer
+except ImportError:  # built without it: the pure engine's file objects,
+    # and no listening socket whose I/O can be known to be plain.
     from fastsock._pyengine import stream_reader, stream_writer
+
+    def is_plain_socket(sock):
+        return False
 
 
 cdef bint _fd_in_object():
@@ -160,77 +179,59 @@ cdef struct CachedAddress:
     unsigned char sockaddr[CACHED_SOCKADDR_MAX]
     PyObject *address  # a strong reference, or NULL
 
-# What the choice of path depends on, besides the server's class: names
-# that, set on the instance, override the class's.
-cdef tuple WATCHED = (
-    "_handle_request_noblock", "fileno", "get_request", "verify_request",
-    "process_request", "finish_request", "shutdown_request", "close_request",
-    "service_actions", "tls_context", "proxy_protocol")
+# The shortcuts of fastsock._server's tables that this engine takes, as the
+# bits of a plan.  A shortcut the tables do not declare is never taken.
+cdef enum:
+    ACCEPT = 1 << 0
+    RECEIVE = 1 << 1
+    SKIP_SERVICE_ACTIONS = 1 << 2
+    SKIP_VERIFY = 1 << 3
+    PROCESS_IN_LOOP = 1 << 4
+    SUBMIT_TO_POOL = 1 << 5
+    PROCESS_IN_THREAD = 1 << 6
+    BUILD_HANDLER = 1 << 7
+    SHUTDOWN_STREAM = 1 << 8
+    SHUTDOWN_DATAGRAM = 1 << 9
+    DATAGRAM_IN_PLACE = 1 << 10
+
+cdef dict SHORTCUT_BITS = {
+    "accept": ACCEPT,
+    "receive": RECEIVE,
+    "skip_service_actions": SKIP_SERVICE_ACTIONS,
+    "skip_verify": SKIP_VERIFY,
+    "process_in_loop": PROCESS_IN_LOOP,
+    "submit_to_pool": SUBMIT_TO_POOL,
+    "process_in_thread": PROCESS_IN_THREAD,
+    "build_handler": BUILD_HANDLER,
+    "shutdown_stream": SHUTDOWN_STREAM,
+    "shutdown_datagram": SHUTDOWN_DATAGRAM,
+    "datagram_in_place": DATAGRAM_IN_PLACE,
+}
+
+# What the loop reads of a server's plan.
+cdef int LOOP_SHORTCUTS = (
+    ACCEPT | RECEIVE | SKIP_SERVICE_ACTIONS | SKIP_VERIFY | PROCESS_IN_LOOP
+    | SUBMIT_TO_POOL | BUILD_HANDLER | SHUTDOWN_STREAM | SHUTDOWN_DATAGRAM)
+# What a worker reads: it does process_request_thread's work itself only
+# for a datagram server that takes all three.
+cdef int WORKER_SHORTCUTS = (
+    PROCESS_IN_THREAD | BUILD_HANDLER | SHUTDOWN_DATAGRAM)
 
 cdef double INF = float("inf")
-# The socket module's class, as long as it is the C socket type's subclass:
-# a library that rebinds socket.socket before fastsock is imported must not
-# have its class taken for one whose descriptor can be read from C.
+# The class of the connections accept() makes: the socket module's, as long
+# as it is the C socket type's subclass (a library may have rebound
+# socket.socket before fastsock was imported).
 cdef object SocketType = (
     socket.socket if issubclass(socket.socket, _socket.socket)
     else _socket.socket)
 cdef object getdefaulttimeout = socket.getdefaulttimeout
 cdef object object_new = object.__new__
-cdef object object_getattribute = object.__getattribute__
-cdef object object_setattr = object.__setattr__
 # What a datagram handler built in place is given, in this order.
 cdef tuple HANDLER_ATTRIBUTES = (
     "request", "client_address", "server", "packet", "socket", "rfile",
     "wfile")
-cdef tuple BASES = None  # fastsock's (BaseServer, TCPServer, UDPServer)
-cdef object THREADING_MIXIN = None  # fastsock's ThreadingMixIn
-cdef tuple HANDLER_BASES = None  # (BaseRequestHandler, DatagramRequestHandler)
-cdef dict DEFINED = None  # fastsock._server.DEFINED, once imported
-
-
-cdef tuple _bases():
-    global BASES, THREADING_MIXIN
-    if BASES is None:
-        # Imported late: fastsock._server imports the engines.
-        from fastsock._server import (
-            BaseServer, TCPServer, ThreadingMixIn, UDPServer)
-        BASES = (BaseServer, TCPServer, UDPServer)
-        THREADING_MIXIN = ThreadingMixIn
-    return BASES
-
-
-cdef tuple _handler_bases():
-    global HANDLER_BASES
-    if HANDLER_BASES is None:
-        from fastsock._server import (
-            BaseRequestHandler, DatagramRequestHandler)
-        HANDLER_BASES = (BaseRequestHandler, DatagramRequestHandler)
-    return HANDLER_BASES
-
-
-cdef object _default(object base, str name):
-    """``base``'s ``name`` as fastsock defines it, taken when its classes
-    were made: a patch of the base class counts as an override."""
-    global DEFINED
-    if DEFINED is None:
-        from fastsock._server import DEFINED as defined
-        DEFINED = defined
-    return DEFINED[base, name]
-
-
-cdef bint _class_keeps(object cls, tuple hooks) except -1:
-    """Whether class ``cls`` has each ``(base, name)`` of ``hooks`` as
-    fastsock defines it."""
-    for base, name in hooks:
-        if getattr(cls, name, None) is not _default(base, name):
-            return False
-    return True
-
-
-cdef bint _keeps(object server, str name, object base) except -1:
-    """Whether ``server.name`` is still ``base``'s own method."""
-    return (getattr(type(server), name, None) is _default(base, name)
-            and name not in getattr(server, "__dict__", ()))
+# An instance dict's entry that is not there, as a _ServerPlan records it.
+cdef object ABSENT = object()
 
 
 cdef object _os_error(int err):
@@ -295,48 +296,178 @@ cdef str _dotted_quad(const unsigned char *octets):
     return host[:n - 1].decode("ascii")
 
 
-cdef class _InPlaceHandlers:
-    """Whether a handler class runs as fastsock's DatagramRequestHandler
-    does, all but handle() its own: a plain class that keeps object.__new__,
-    BaseRequestHandler.__init__ and DatagramRequestHandler's setup() and
-    finish().  The answer for the last class asked about is kept until the
-    class (or a base) changes, as for the server's hooks."""
+cdef bint _applies(object shortcut, object cls, object owner,
+                   object instance_dict) except -1:
+    """Whether ``shortcut`` (an entry of fastsock._server's tables) applies
+    to ``owner``, of class ``cls`` and with the instance dict
+    ``instance_dict`` (None for none, or for a class): the class has each
+    hook it replaces as fastsock defined it, the instance none of them,
+    and none of the attributes it needs unset is set."""
+    for hook, default in shortcut.defaults:
+        if getattr(cls, hook, None) is not default:
+            return False
+        if instance_dict is not None and hook in instance_dict:
+            return False
+    for attribute in shortcut.unset:
+        if getattr(owner, attribute, None):
+            return False
+    return True
 
-    cdef object _cls
+
+cdef class _ServerPlan:
+    """Which of the shortcuts of fastsock._server.SHORTCUTS that its reader
+    takes (``wanted``, as bits) apply to one server now.
+
+    ``current()`` answers from the plan as built, after checking per call
+    that the server's class keeps its version tag and that the watched
+    entries of the instance's dict (the hooks the shortcuts replace and the
+    attributes they need unset) are the objects they were; it builds the
+    plan again otherwise.  Workers share one: see the module docstring."""
+
+    cdef object _server
+    cdef int _wanted
+    cdef int _shortcuts
+    cdef unsigned int _type_version  # 0: build before reading
+    cdef object _instance_dict  # None where the server has none
+    cdef unsigned long long _dict_version  # 0: not known
+    # The watched names with what the instance's dict held for each when
+    # the plan was built: (name, value or ABSENT, name, value, ...).
+    cdef tuple _watched
+
+    def __cinit__(self, server, int wanted):
+        self._server = server
+        self._wanted = wanted
+        self._watched = ()
+
+    cdef int current(self) except -1:
+        """The shortcuts that apply to the server now, as bits."""
+        cdef unsigned int version = fs_type_version(type(self._server))
+        cdef unsigned long long dict_version
+        if version == 0 or version != self._type_version:
+            return self._build()
+        if self._instance_dict is None:
+            return self._shortcuts
+        dict_version = _instance_dict_version(self._instance_dict)
+        if dict_version != 0 and dict_version == self._dict_version:
+            return self._shortcuts  # the same entries as at the last look
+        if not self._instance_unchanged():
+            return self._build()
+        self._dict_version = dict_version
+        return self._shortcuts
+
+    cdef bint _instance_unchanged(self) except -1:
+        cdef tuple watched = self._watched
+        cdef Py_ssize_t i
+        for i in range(0, len(watched), 2):
+            if (_entry(self._instance_dict, watched[i])
+                    != <PyObject *>watched[i + 1]):
+                return False
+        return True
+
+    cdef int _build(self) except -1:
+        """Work the plan out from fastsock._server.SHORTCUTS."""
+        cdef int shortcuts = 0, bit
+        server = self._server
+        cls = type(server)
+        table = _server.SHORTCUTS
+        names = []
+        for name, shortcut in table.items():
+            if SHORTCUT_BITS.get(name, 0) & self._wanted:
+                for hook, _ in shortcut.defaults:
+                    names.append(hook)
+                names.extend(shortcut.unset)
+        instance_dict = getattr(server, "__dict__", None)
+        # Read first: a change from here on makes the next look build again.
+        cdef unsigned long long dict_version = _instance_dict_version(
+            instance_dict)
+        watched = []
+        if instance_dict is not None:
+            for name in dict.fromkeys(names):
+                watched += [name, <object>_entry(instance_dict, name)]
+        for name, shortcut in table.items():
+            bit = SHORTCUT_BITS.get(name, 0)
+            if bit & self._wanted and _applies(shortcut, cls, server,
+                                               instance_dict):
+                shortcuts |= bit
+        watched_entries = tuple(watched)
+        previous = (self._instance_dict, self._watched)  # freed on return
+        # From here on no Python code runs until the plan is replaced whole:
+        # see the module docstring.
+        self._instance_dict = instance_dict
+        self._dict_version = dict_version
+        self._watched = watched_entries
+        self._shortcuts = shortcuts
+        # Read last: the look-ups above gave the class a valid tag.
+        self._type_version = fs_type_version(cls)
+        return shortcuts
+
+
+cdef inline PyObject *_entry(object instance_dict, object name):
+    """The object the dict holds for ``name``, or ABSENT; borrowed."""
+    cdef PyObject *value = PyDict_GetItem(instance_dict, name)
+    return <PyObject *>ABSENT if value == NULL else value
+
+
+cdef unsigned long long _instance_dict_version(object instance_dict):
+    """The dict's version tag where it can be relied on, else 0."""
+    if type(instance_dict) is not dict:
+        return 0
+    return fs_dict_version(<dict>instance_dict)
+
+
+cdef class _HandlerPlan:
+    """Whether a handler class takes HANDLER_SHORTCUTS' "datagram_in_place":
+    its instances are plain objects that keep BaseRequestHandler's
+    ``__init__`` and DatagramRequestHandler's ``setup`` and ``finish``, and
+    the class defines none of the attributes those set (so that setup()
+    reads back what it stored).  The answer for the last class asked about
+    is kept until that class (or a base) changes; the class is known by its
+    address and version tag (tags are never reused), so no reference to it
+    is kept."""
+
+    cdef PyObject *_cls
     cdef unsigned int _version
-    cdef bint _inline
+    cdef bint _in_place
 
-    cdef bint accepts(self, cls) except -1:
+    cdef bint in_place(self, cls) except -1:
         if type(cls) is not type:
             return False  # a metaclass could make calling it do anything
         cdef unsigned int version = fs_type_version(cls)
-        if cls is self._cls and version != 0 and version == self._version:
-            return self._inline
-        BaseRequestHandler, DatagramRequestHandler = _handler_bases()
-        # Workers share one: set the fields together, after every look-up.
-        cdef bint inline = (
-            getattr(cls, "__new__", None) is object_new
-            # Plain attribute access: setup() reads back what it stored.
-            and getattr(cls, "__getattribute__", None) is object_getattribute
-            and getattr(cls, "__setattr__", None) is object_setattr
-            and not any(hasattr(cls, name) for name in HANDLER_ATTRIBUTES)
-            and _class_keeps(cls, (
-                (BaseRequestHandler, "__init__"),
-                (DatagramRequestHandler, "setup"),
-                (DatagramRequestHandler, "finish"))))
-        self._cls = cls
-        self._inline = inline
+        if (<PyObject *>cls == self._cls and version != 0
+                and version == self._version):
+            return self._in_place
+        cdef bint in_place = (
+            _applies(_server.HANDLER_SHORTCUTS["datagram_in_place"], cls, cls,
+                     None)
+            and not any(hasattr(cls, name) for name in HANDLER_ATTRIBUTES))
+        # Workers share one: the fields set together, after every look-up.
+        self._cls = <PyObject *>cls
+        self._in_place = in_place
         # Read last: the look-ups above gave the class a valid tag.
         self._version = fs_type_version(cls)
-        return inline
+        return in_place
 
 
-cdef object _datagram_handler(cls, request, client_address, server):
-    """The handler ``cls(request, client_address, server)`` builds, up to
-    handle(), for a class that _InPlaceHandlers accepts: what
-    BaseRequestHandler.__init__ and DatagramRequestHandler.setup() do, the
-    same attributes set in the same order.  The caller calls handle(), then
-    does finish()'s work."""
+cdef int _build_handler(server, request, client_address,
+                        _HandlerPlan handlers, ServeLoop loop) except -1:
+    """What BaseServer.finish_request() does: build the server's
+    RequestHandlerClass for the request; in place (_serve_in_place) for a
+    datagram handler class that ``handlers`` accepts (None for a stream)."""
+    cls = server.RequestHandlerClass
+    if handlers is not None and handlers.in_place(cls):
+        _serve_in_place(cls, request, client_address, server, loop)
+    else:
+        cls(request, client_address, server)
+    return 0
+
+
+cdef int _serve_in_place(cls, request, client_address, server,
+                         ServeLoop loop) except -1:
+    """``cls(request, client_address, server)`` for a handler class that
+    _HandlerPlan accepts: what BaseRequestHandler.__init__ and
+    DatagramRequestHandler.setup() do, the same attributes set in the same
+    order; handle(); then DatagramRequestHandler.finish()'s reply, sent by
+    ``loop`` where the loop that received the datagram is the caller."""
     cdef PyObject *made = fs_object_new(cls, ())
     if made == NULL:
         handler = object_new(cls)
@@ -351,7 +482,14 @@ cdef object _datagram_handler(cls, request, client_address, server):
     handler.socket = sock
     handler.rfile = BytesIO(packet)
     handler.wfile = BytesIO()
-    return handler
+    try:
+        handler.handle()
+    finally:
+        if loop is None or not loop._sent_reply(handler, client_address):
+            # finish()'s own call, in its order.
+            sendto = handler.socket.sendto
+            sendto(handler.wfile.getvalue(), handler.client_address)
+    return 0
 
 
 def WorkerPool(server):
@@ -429,80 +567,37 @@ cdef class Baton:
         return self._locked
 
 
-# The hooks whose defaults _RequestRunner does in place.
-cdef tuple RUNNER_HOOKS = (
-    "process_request_thread", "finish_request", "shutdown_request",
-    "close_request")
-
-
 cdef class _RequestRunner:
     """``server.process_request_thread(request, client_address)`` for a
     worker of the compiled pool.
 
-    A datagram server that keeps ThreadingMixIn's process_request_thread
-    and UDPServer's finish_request, shutdown_request and close_request, and
-    has no tls_context and no proxy_protocol, has that hook's work done here: the handler built
-    as finish_request() builds it, in place (_datagram_handler) for a class
-    that _InPlaceHandlers accepts, its reply then sent with the call
-    DatagramRequestHandler.finish() makes; an Exception goes to
-    handle_error(); shutdown_request() would do nothing.  Any other server
-    has the hook called.  Which applies is decided per request, from the
-    class's version tag and the instance's dict, as the loop decides."""
+    A datagram server whose plan has the "process_in_thread",
+    "build_handler" and "shutdown_datagram" shortcuts has that hook's work
+    done here: the handler built as finish_request() builds it (in place
+    for a class that _HandlerPlan accepts), an Exception reported by
+    handle_error(), and nothing for shutdown_request() to do.  Any other
+    server has the hook called."""
 
     cdef object _server
-    cdef _InPlaceHandlers _in_place
-    cdef unsigned int _type_version
-    cdef bint _class_keeps
+    cdef _ServerPlan _plan
+    cdef _HandlerPlan _handlers
 
     def __cinit__(self, server):
         self._server = server
-        self._in_place = _InPlaceHandlers()
+        self._plan = _ServerPlan(server, WORKER_SHORTCUTS)
+        self._handlers = _HandlerPlan()
 
     def __call__(self, request, client_address):
         server = self._server
-        if not self._keeps_hooks(server):
+        if self._plan.current() != WORKER_SHORTCUTS:
             server.process_request_thread(request, client_address)
             return
         try:
-            cls = server.RequestHandlerClass
-            if self._in_place.accepts(cls):
-                handler = _datagram_handler(cls, request, client_address,
-                                            server)
-                try:
-                    handler.handle()
-                finally:
-                    handler.socket.sendto(handler.wfile.getvalue(),
-                                          handler.client_address)
-            else:
-                cls(request, client_address, server)
+            _build_handler(server, request, client_address, self._handlers,
+                           None)
         except Exception:
             server.handle_error(request, client_address)
 
-    cdef bint _keeps_hooks(self, server) except -1:
-        cls = type(server)
-        cdef unsigned int version = fs_type_version(cls)
-        cdef bint keeps
-        if version == 0 or version != self._type_version:
-            BaseServer, TCPServer, UDPServer = _bases()
-            keeps = _class_keeps(cls, (
-                (THREADING_MIXIN, "process_request_thread"),
-                (UDPServer, "finish_request"),
-                (UDPServer, "shutdown_request"),
-                (UDPServer, "close_request")))
-            # Workers share one: set the fields together.
-            self._class_keeps = keeps
-            # Read last: the look-ups above gave the class a valid tag.
-            self._type_version = fs_type_version(cls)
-        if (not self._class_keeps
-                or getattr(server, "tls_context", None) is not None
-                or getattr(server, "proxy_protocol", False)):
-            return False
-        instance_dict = getattr(server, "__dict__", None)
-        if instance_dict:
-            for name in RUNNER_HOOKS:
-                if name in instance_dict:
-                    return False
-        return True
 
 
 cdef class ServeLoop:
@@ -514,7 +609,11 @@ cdef class ServeLoop:
     cdef bint _paused
     cdef double _paused_until  # a monotonic() deadline; INF: until resumed
 
-    # The path chosen, and what it was chosen from.
+    # The server's plan, and the path chosen from it: the shortcuts it
+    # had, and the listening socket's class's version tag then.
+    cdef _ServerPlan _plan
+    cdef int _shortcuts
+    cdef unsigned int _listener_version
     cdef RequestPath _path
     cdef int _batch
     cdef object _listener
@@ -522,10 +621,6 @@ cdef class ServeLoop:
     cdef bint _call_service_actions
     cdef bint _call_verify, _call_process, _call_finish, _call_shutdown
     cdef bint _submit_to_pool
-    cdef unsigned int _type_version
-    cdef object _instance_dict
-    cdef unsigned int _watched_mask
-    cdef unsigned long long _instance_dict_version  # 0: not known
 
     # Receive buffer for datagrams, grown to max_packet_size.
     cdef char *_dgram_buf
@@ -535,13 +630,14 @@ cdef class ServeLoop:
     cdef socklen_t _peer_len
     cdef CachedAddress _addresses[ADDRESS_CACHE_SIZE]
 
-    # Whether RequestHandlerClass runs in place.
-    cdef _InPlaceHandlers _in_place
+    # Whether RequestHandlerClass runs in place, for a datagram.
+    cdef _HandlerPlan _handlers
 
     def __cinit__(self, server):
         fs_poller_init(&self._poller)
         self._server = server
-        self._in_place = _InPlaceHandlers()
+        self._plan = _ServerPlan(server, LOOP_SHORTCUTS)
+        self._handlers = _HandlerPlan()
         cdef int err = fs_poller_open(&self._poller,
                                       PyObject_AsFileDescriptor(server.fileno()))
         if err < 0:
@@ -566,7 +662,7 @@ cdef class ServeLoop:
         cdef int interval_ms = (-1 if poll_interval is None
                                 else _timeout_ms(poll_interval))
         server = self._server
-        self._choose_path()
+        self._choose_path(self._plan.current())
         while not self._stopping:
             timeout_ms = self._prepare_wait(interval_ms)
             with nogil:
@@ -595,90 +691,48 @@ cdef class ServeLoop:
             if self._call_service_actions:
                 server.service_actions()
 
-    cdef int _choose_path(self) except -1:
-        """Pick the way requests are taken; see the module docstring."""
-        BaseServer, TCPServer, UDPServer = _bases()
+    cdef int _choose_path(self, int shortcuts) except -1:
+        """Pick the way requests are taken, from the server's plan (its
+        ``shortcuts``); see the module docstring."""
         server = self._server
-        self._instance_dict = getattr(server, "__dict__", None)
-        # Read first: a change from here on makes the next look scan again.
-        self._instance_dict_version = self._dict_version()
-        self._watched_mask = self._watched_on_instance()
-        self._call_service_actions = not _keeps(server, "service_actions",
-                                                BaseServer)
+        self._shortcuts = shortcuts
+        self._call_service_actions = not shortcuts & SKIP_SERVICE_ACTIONS
         self._path = GENERIC
-        listener = getattr(server, "socket", None)
-        if (type(listener) is SocketType
-                and getattr(server, "tls_context", None) is None
-                and _keeps(server, "_handle_request_noblock", BaseServer)
-                and _keeps(server, "fileno", TCPServer)
+        listener = self._listener = getattr(server, "socket", None)
+        if (shortcuts & (ACCEPT | RECEIVE)
+                and is_plain_socket(listener)
                 and listener.fileno() == self._poller.listen_fd
                 and listener.family in (AF_INET, AF_INET6, AF_UNIX)):
-            if _keeps(server, "get_request", TCPServer):
-                self._path = STREAM
-                base = TCPServer
-            elif _keeps(server, "get_request", UDPServer):
-                self._path = DATAGRAM
-                base = UDPServer
-        if self._path != GENERIC:
-            self._listener = listener
+            self._path = STREAM if shortcuts & ACCEPT else DATAGRAM
             self._family, self._type, self._proto = (
                 listener.family, listener.type, listener.proto)
-            self._call_verify = not _keeps(server, "verify_request",
-                                           BaseServer)
-            self._call_process = not _keeps(server, "process_request",
-                                            BaseServer)
-            # ThreadingMixIn's own process_request only hands the request
-            # to the server's pool, once it has made one.
-            self._submit_to_pool = (
-                self._call_process
-                and _keeps(server, "process_request", THREADING_MIXIN))
-            # A datagram handed to another thread (ThreadingMixIn) needs
-            # the GIL there: a batch taken meanwhile would keep its worker
-            # waiting and the idle ones busy, making more threads start.
-            self._batch = (1 if self._call_service_actions
-                           or (self._path == DATAGRAM and self._call_process)
-                           else BATCH)
-            # Without tls_context (GENERIC above) or proxy_protocol,
-            # TCPServer's finish_request only builds the handler, as
-            # BaseServer's does.
-            self._call_finish = (not _keeps(server, "finish_request", base)
-                                 or getattr(server, "proxy_protocol", False))
-            self._call_shutdown = not (
-                _keeps(server, "shutdown_request", base)
-                and _keeps(server, "close_request", base))
-        # Read last: the look-ups above gave the class a valid tag.
-        self._type_version = fs_type_version(type(server))
+        self._call_verify = not shortcuts & SKIP_VERIFY
+        self._call_process = not shortcuts & PROCESS_IN_LOOP
+        # ThreadingMixIn's own process_request only hands the request to
+        # the server's pool, once it has made one.
+        self._submit_to_pool = (self._call_process
+                                and shortcuts & SUBMIT_TO_POOL)
+        # A datagram handed to another thread (ThreadingMixIn) needs the GIL
+        # there: a batch taken meanwhile would keep its worker waiting and
+        # the idle ones busy, making more threads start.
+        self._batch = (1 if self._call_service_actions
+                       or (self._path == DATAGRAM and self._call_process)
+                       else BATCH)
+        self._call_finish = not shortcuts & BUILD_HANDLER
+        self._call_shutdown = not shortcuts & (
+            SHUTDOWN_STREAM if self._path == STREAM else SHUTDOWN_DATAGRAM)
+        # Read last: is_plain_socket() gave the class a valid tag.
+        self._listener_version = fs_type_version(type(listener))
         return 0
 
-    cdef unsigned int _watched_on_instance(self) except? 0:
-        """Which WATCHED names the server's instance dict has, as bits."""
-        cdef unsigned int mask = 0, bit = 1
-        if self._instance_dict is not None:
-            for name in WATCHED:
-                if name in self._instance_dict:
-                    mask |= bit
-                bit <<= 1
-        return mask
-
-    cdef unsigned long long _dict_version(self):
-        if type(self._instance_dict) is not dict:
-            return 0
-        return fs_dict_version(<dict>self._instance_dict)
-
     cdef int _refresh_path(self) except -1:
-        """Choose again if the server's class or instance hooks changed."""
-        cdef unsigned int version = fs_type_version(type(self._server))
-        cdef unsigned long long dict_version
-        if version == 0 or version != self._type_version:
-            self._choose_path()
-            return 0
-        dict_version = self._dict_version()
-        if dict_version != 0 and dict_version == self._instance_dict_version:
-            return 0  # the same keys as at the last look
-        if self._watched_on_instance() != self._watched_mask:
-            self._choose_path()
-        else:
-            self._instance_dict_version = dict_version
+        """Choose again if the server's plan changed, or the class of its
+        listening socket (a patched method could make it no longer
+        plain)."""
+        cdef int shortcuts = self._plan.current()
+        if (shortcuts != self._shortcuts or fs_type_version(
+                type(self._listener)) != self._listener_version):
+            self._choose_path(shortcuts)
         return 0
 
     cdef int _listener_fd(self) except? -2:
@@ -842,13 +896,9 @@ cdef class ServeLoop:
                 if self._call_finish:
                     server.finish_request(request, client_address)
                 else:
-                    handler_cls = server.RequestHandlerClass
-                    if self._path == DATAGRAM and self._in_place.accepts(
-                            handler_cls):
-                        self._run_datagram_handler(handler_cls, request,
-                                                   client_address)
-                    else:
-                        handler_cls(request, client_address, server)
+                    _build_handler(server, request, client_address,
+                                   self._handlers if self._path == DATAGRAM
+                                   else None, self)
                 self._shutdown_request(request)
         except Exception:
             server.handle_error(request, client_address)
@@ -858,37 +908,26 @@ cdef class ServeLoop:
             raise
         return 0
 
-    cdef int _run_datagram_handler(self, cls, request,
-                                   client_address) except -1:
-        """``cls(request, client_address, server)`` for a class that
-        _InPlaceHandlers accepts, the reply sent by _send_reply()."""
-        handler = _datagram_handler(cls, request, client_address,
-                                    self._server)
-        try:
-            handler.handle()
-        finally:
-            self._send_reply(handler, client_address)
-        return 0
-
-    cdef int _send_reply(self, handler, client_address) except -1:
-        """DatagramRequestHandler.finish(): ``self.socket.sendto(
-        self.wfile.getvalue(), self.client_address)``.  When that is the
-        server's socket, the reply's bytes and the request's own client
-        address, the datagram goes out in C to the sockaddr it came from:
-        no address to parse."""
+    cdef bint _sent_reply(self, handler, client_address) except -1:
+        """DatagramRequestHandler.finish()'s ``self.socket.sendto(
+        self.wfile.getvalue(), self.client_address)`` for a handler built
+        in place (_serve_in_place), when the socket is the listening one:
+        the datagram goes out in C to the sockaddr it came from, no address
+        to parse, when the address is the request's own and the reply
+        bytes.  False, having done nothing, for any other socket."""
         cdef ssize_t sent
         sock = handler.socket
-        if type(sock) is not SocketType or sock is not self._listener:
-            sendto = sock.sendto
-            sendto(handler.wfile.getvalue(), handler.client_address)
-            return 0
+        if (sock is not self._listener
+                # Its class still as plain as when the path was chosen.
+                or fs_type_version(type(sock)) != self._listener_version):
+            return False
         data = handler.wfile.getvalue()
         address = handler.client_address
         if (address is not client_address or self._peer_len == 0
                 or type(data) is not bytes
                 or self._listener_fd() != self._poller.listen_fd):
             sock.sendto(data, address)
-            return 0
+            return True
         PySys_Audit("socket.sendto", "OO", <PyObject *>sock,
                     <PyObject *>address)
         sent = fs_sendto(self._poller.listen_fd, PyBytes_AS_STRING(data),
@@ -900,7 +939,7 @@ cdef class ServeLoop:
             sock.sendto(data, address)
         elif sent < 0:
             raise _os_error(<int>-sent)
-        return 0
+        return True
 
     cdef int _shutdown_request(self, request) except -1:
         cdef int fd

@@ -32,7 +32,17 @@ data (or buffer space) is already there.
 ``stream_reader()`` and ``stream_writer()`` pick a class, and fall back to
 the standard objects for a zero-size read buffer (``makefile('rb', 0)`` is
 already a thin raw object) and for sockets that do their own I/O, such as
-``ssl.SSLSocket``.
+``ssl.SSLSocket``: ``is_plain_socket()``, which the compiled engine also
+asks about the listening socket, says which are which.
+
+What it assumes of the interpreter: a GIL; it must not be built for a
+free-threaded one.  The buffered objects' fast paths (a read served from
+the buffer, a write that fits in it) check and move ``_pos``/``_end``
+without their lock, running no Python code in between: under the GIL no
+other thread can run there.  Every step that can let go of the GIL (recv,
+send, a wait) is taken with the lock held, and leaves the buffer in a
+state those fast paths may read.  is_plain_socket()'s cache is three C
+variables, set together with no Python code in between.
 """
 
 import _socket
@@ -59,11 +69,13 @@ from libc.limits cimport INT_MAX, INT_MIN
 from libc.math cimport ceil
 from libc.string cimport memchr, memcpy, memmove
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from cpython.ref cimport PyObject
 
 from includes.cio_sys cimport (
     EWOULDBLOCK, MSG_NOSIGNAL, POLLIN, POLLOUT, fs_socket_fd, poll, pollfd,
     recv, send,
 )
+from includes.type_version cimport fs_type_version
 
 
 __all__ = ["stream_reader", "stream_writer", "SocketReader",
@@ -142,7 +154,7 @@ cdef double UNREAD = -2.0
 
 
 cdef struct _Call:
-    # One socket call: whether the socket is a plain one (see _is_plain),
+    # One socket call: whether the socket is a plain one (is_plain_socket),
     # the descriptor, the socket's timeout (-1 for None, read when the call
     # first finds that it would wait) and the deadline of a positive
     # timeout (0 until the first wait).
@@ -462,13 +474,21 @@ cdef class _BufferedStream(_Stream):
             raise RuntimeError(f"{type(self).__name__} is already open")
         if buffer_size <= 0:
             raise ValueError("buffer size must be strictly positive")
-        self._buf = <char *>PyMem_Malloc(buffer_size)
-        if self._buf == NULL:
+        cdef bint plain = is_plain_socket(sock)
+        cdef char *buf = <char *>PyMem_Malloc(buffer_size)
+        if buf == NULL:
             raise MemoryError()
+        try:
+            # Taken last, once nothing else can fail: close() gives it back,
+            # and a stream whose __init__ failed is never closed.
+            sock._io_refs += 1
+        except BaseException:
+            PyMem_Free(buf)
+            raise
+        self._buf = buf
         self._size = buffer_size
-        sock._io_refs += 1
         self._sock = sock
-        self._plain = _is_plain(sock)
+        self._plain = plain
         self._closed = False
 
     def __dealloc__(self):
@@ -1007,8 +1027,8 @@ cdef class SocketWriter(_Stream):
     """
 
     def __init__(self, sock):
+        self._plain = is_plain_socket(sock)
         self._sock = sock
-        self._plain = _is_plain(sock)
 
     def writable(self):
         return True
@@ -1033,32 +1053,57 @@ del _cls
 # --------------------------------------------------------------------------
 # Factories
 
-# The methods through which the socket module does a socket's I/O: a class
-# that overrides any of them (ssl.SSLSocket) must be left to makefile().
-cdef tuple _IO_METHODS = ("fileno", "gettimeout", "recv", "recv_into",
-                          "send", "sendall")
-cdef dict _plain_classes = {}
+# The methods through which the socket module does a socket's I/O, each with
+# the function a plain socket has: the C socket type's own, and the socket
+# module's accept() (as imported, see FD_IN_OBJECT).  A class that overrides
+# any of them (ssl.SSLSocket; a subclass that counts bytes) does I/O of its
+# own, which C must not bypass.
+cdef tuple _PLAIN_IO = tuple(
+    [(name, getattr(_CSocket, name))
+     for name in ("fileno", "gettimeout", "recv", "recv_into", "recvfrom",
+                  "send", "sendall", "sendto", "_accept")]
+    + [("accept", _SocketClass.accept)])
+
+# is_plain_socket()'s answer for the last class asked about, kept until that
+# class (or a base) changes.  The class is known by its address and version
+# tag, which is never reused, so no reference to it is kept.
+cdef PyObject *_last_class = NULL
+cdef unsigned int _last_version = 0
+cdef bint _last_plain = False
 
 
-cdef bint _is_plain(object sock) except -1:
-    """Whether ``sock``'s I/O is the socket module's own, on its fd."""
+cdef bint _plain_class(object cls) except -1:
+    # The descriptor is read from the C object, which must be the socket
+    # module's.
+    if not (issubclass(cls, _SocketClass) and issubclass(cls, _CSocket)):
+        return False
+    for name, method in _PLAIN_IO:
+        if getattr(cls, name, None) is not method:
+            return False
+    return True
+
+
+cpdef bint is_plain_socket(object sock) except -1:
+    """Whether ``sock``'s I/O is the socket module's own, on its descriptor:
+    whether C may do what its methods would (recv, send, accept, ...)."""
+    global _last_class, _last_version, _last_plain
     cls = type(sock)
-    plain = _plain_classes.get(cls)
-    if plain is None:
-        # The classes as imported, not what socket.socket names now (a
-        # monkey-patching library may have rebound it): the descriptor is
-        # read from the C object, which must be the socket module's.
-        plain = issubclass(cls, _SocketClass) and issubclass(cls, _CSocket) \
-            and all(getattr(cls, name) is getattr(_SocketClass, name)
-                    for name in _IO_METHODS)
-        _plain_classes[cls] = plain
+    cdef unsigned int version = fs_type_version(cls)
+    if (<PyObject *>cls == _last_class and version != 0
+            and version == _last_version):
+        return _last_plain
+    cdef bint plain = _plain_class(cls)
+    _last_class = <PyObject *>cls
+    _last_plain = plain
+    # Read last: the look-ups above gave the class a valid tag.
+    _last_version = fs_type_version(cls)
     return plain
 
 
 def stream_reader(sock, bufsize):
     """The ``rfile`` of a StreamRequestHandler: ``sock.makefile('rb',
     bufsize)``, compiled when it can be."""
-    if bufsize == 0 or not _is_plain(sock):
+    if bufsize == 0 or not is_plain_socket(sock):
         return sock.makefile("rb", bufsize)
     if bufsize is None or bufsize < 0:
         bufsize = DEFAULT_BUFFER_SIZE
@@ -1068,7 +1113,7 @@ def stream_reader(sock, bufsize):
 def stream_writer(sock, bufsize):
     """The ``wfile`` of a StreamRequestHandler: unbuffered for bufsize 0,
     else ``sock.makefile('wb', bufsize)``; compiled when it can be."""
-    if not _is_plain(sock):
+    if not is_plain_socket(sock):
         if bufsize == 0:
             # Imported here: most processes never need the pure engine.
             from fastsock._pyengine import SocketWriter as _PySocketWriter

@@ -13,9 +13,15 @@
 
 static inline unsigned int fs_type_version(PyTypeObject *tp)
 {
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13 no longer sets Py_TPFLAGS_VALID_VERSION_TAG: a tag of 0 is the
+       invalid one, and a modified type's tag is set to 0. */
+    return tp->tp_version_tag;
+#else
     if (!PyType_HasFeature(tp, Py_TPFLAGS_VALID_VERSION_TAG))
         return 0;
     return tp->tp_version_tag;
+#endif
 }
 
 /* A dict's version tag (PEP 509): CPython 3.10 and 3.11 give the dict a
