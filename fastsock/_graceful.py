@@ -114,7 +114,7 @@ class _GracefulStop:
         # serve_forever() may have returned before loop_ended() ran: its
         # shut-down event tells, and then there is nothing to interrupt.
         if (self._serving
-                and not self._server._BaseServer__is_shut_down.is_set()):
+                and not self._server._serve_forever_ended()):
             self._interrupted = True
             raise KeyboardInterrupt  # ends the request the loop is in
 

@@ -36,14 +36,43 @@ _PY312 = sys.version_info >= (3, 12)
 _HAS_FORK = hasattr(os, "fork")
 _HAS_UNIX = hasattr(socket, "AF_UNIX")
 
+# The "fastsock" logger, once _prepare_failure_paths() has run.
+_logger = None
+
+
+def _prepare_failure_paths():
+    """Import what reporting a failure needs; return the "fastsock" logger.
+
+    A failure path must need nothing it does not already hold: out of
+    descriptors, importing a module fails (it opens the module's file), and
+    a server whose report of a shortage raises stops serving.  So this runs
+    when a server starts serving (``server_activate()`` of a listening
+    server, ``serve_forever()``, ``handle_request()``), not at the
+    shortage, and not at import either: most servers never fail, and
+    logging alone would double fastsock's import time.  It brings in
+    logging, for ``_log()``, and traceback for ``handle_error()``, with the
+    modules that traceback imports only while printing: tokenize (linecache
+    reads source files with it, imported lazily from 3.13) and ast (3.11's
+    carets under the failing expression).
+    """
+    global _logger
+    if _logger is None:
+        import logging
+        import tokenize  # noqa: F401
+        import traceback  # noqa: F401
+        if _PY311:
+            import ast  # noqa: F401
+        _logger = logging.getLogger("fastsock")
+    return _logger
+
+
 def _log():
     """The "fastsock" logger, for what goes wrong in the server itself
     rather than in a request (which handle_error() reports): resource
-    shortages, failed TLS handshakes.  logging is imported on first use:
-    most servers never need it, and it would double fastsock's import time.
+    shortages, failed TLS handshakes.  Ready since the server started
+    serving (see _prepare_failure_paths); made ready now otherwise.
     """
-    import logging
-    return logging.getLogger("fastsock")
+    return _logger or _prepare_failure_paths()
 
 
 def _errnos(*names):
@@ -116,10 +145,13 @@ class BaseServer:
         """Serve requests one by one until shutdown() is called.
 
         ``service_actions()`` runs on every loop turn, and at least every
-        ``poll_interval`` seconds while no request comes.
+        ``poll_interval`` seconds while no request comes.  What reporting
+        a failure needs is made ready first (``_prepare_failure_paths``).
         """
         self.__is_shut_down.clear()
         try:
+            if _logger is None:
+                _prepare_failure_paths()
             loop = self.__loop = _backend.engine().ServeLoop(self)
             try:
                 if not self.__shutdown_request:
@@ -141,6 +173,11 @@ class BaseServer:
         if loop is not None:
             loop.stop()
         self.__is_shut_down.wait()
+
+    def _serve_forever_ended(self):
+        """Whether serve_forever() has returned since it last started
+        (False before it ever ran); thread-safe."""
+        return self.__is_shut_down.is_set()
 
     def _pause_accepting(self, until=None):
         """Make serve_forever() stop taking requests, until ``until``.
@@ -169,6 +206,8 @@ class BaseServer:
         The wait is bounded by the smaller of the listening socket's timeout
         and ``self.timeout``; when it runs out, ``handle_timeout()`` is called.
         """
+        if _logger is None:
+            _prepare_failure_paths()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -257,9 +296,12 @@ class BaseServer:
         last, self._last_shortage = self._last_shortage, now
         if last is None or now - last > _SHORTAGE_EPISODE_GAP:
             self._backoff = 0.0
-            _log().warning("server at %r: %s; shedding or holding back "
-                           "new requests until it passes",
-                           self.server_address, exc)
+            try:
+                _log().warning("server at %r: %s; shedding or holding back "
+                               "new requests until it passes",
+                               self.server_address, exc)
+            except Exception:  # e.g. MemoryError: the back-off matters more
+                pass
         if exc.errno in _OUT_OF_DESCRIPTORS and self._shed_connection():
             return
         self._backoff = min(max(2 * self._backoff, _BACKOFF_FIRST),
@@ -308,13 +350,28 @@ class BaseServer:
         """Release one request's resources."""
 
     def handle_error(self, request, client_address):
-        """Report an exception from a request on stderr, then carry on."""
+        """Report an exception from a request on stderr, then carry on.
+
+        The traceback module is imported by the time a server serves
+        (``_prepare_failure_paths``).  Printing a traceback also reads the
+        source files of its frames, which out of descriptors cannot be
+        opened: linecache then leaves the source lines out.  Should printing
+        fail all the same (a module traceback imports lazily, memory), the
+        interpreter's own display, written in C, prints the exception
+        instead: handle_error() itself never raises for want of resources.
+        """
         rule = '-' * 40
         print(rule, file=sys.stderr)
         print('Exception occurred during processing of request from',
               client_address, file=sys.stderr)
-        import traceback
-        traceback.print_exc()
+        exc_info = sys.exc_info()
+        try:
+            import traceback
+            traceback.print_exc()
+        except Exception:
+            sys.__excepthook__(*exc_info)
+        finally:
+            del exc_info  # a cycle through the traceback's frames
         print(rule, file=sys.stderr)
 
     def __enter__(self):
@@ -399,7 +456,8 @@ class TCPServer(BaseServer):
         self.server_address = sock.getsockname()
 
     def server_activate(self):
-        """Listen with a backlog of ``request_queue_size``; take a reserve.
+        """Listen with a backlog of ``request_queue_size``; take a reserve
+        and what reporting a shortage needs (``_prepare_failure_paths``).
 
         With ``avoid_nagle_stalls``, TCP_NODELAY is set on the listening
         socket, and so on every connection accepted from it.
@@ -410,6 +468,8 @@ class TCPServer(BaseServer):
         self.socket.listen(self.request_queue_size)
         if self._reserve is None:
             self._reserve = _open_reserve()
+        if _logger is None:
+            _prepare_failure_paths()
 
     def server_close(self):
         """Close the listening socket and the reserve descriptor."""
