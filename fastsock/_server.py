@@ -145,13 +145,11 @@ class BaseServer:
         """Serve requests one by one until shutdown() is called.
 
         ``service_actions()`` runs on every loop turn, and at least every
-        ``poll_interval`` seconds while no request comes.  What reporting
-        a failure needs is made ready first (``_prepare_failure_paths``).
+        ``poll_interval`` seconds while no request comes.
         """
         self.__is_shut_down.clear()
         try:
-            if _logger is None:
-                _prepare_failure_paths()
+            self._prepare_to_serve()
             loop = self.__loop = _backend.engine().ServeLoop(self)
             try:
                 if not self.__shutdown_request:
@@ -178,6 +176,17 @@ class BaseServer:
         """Whether serve_forever() has returned since it last started
         (False before it ever ran); thread-safe."""
         return self.__is_shut_down.is_set()
+
+    def _prepare_to_serve(self):
+        """Make ready what serving needs before a shortage can stop it:
+        called as serve_forever() and handle_request() start.
+
+        Here, what reporting a failure needs (``_prepare_failure_paths``);
+        the mix-ins add their worker pool or child reaper, which the first
+        request would otherwise make, importing their module.
+        """
+        if _logger is None:
+            _prepare_failure_paths()
 
     def _pause_accepting(self, until=None):
         """Make serve_forever() stop taking requests, until ``until``.
@@ -206,8 +215,7 @@ class BaseServer:
         The wait is bounded by the smaller of the listening socket's timeout
         and ``self.timeout``; when it runs out, ``handle_timeout()`` is called.
         """
-        if _logger is None:
-            _prepare_failure_paths()
+        self._prepare_to_serve()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -659,6 +667,11 @@ if _HAS_FORK:
                         or len(children) >= self.max_children):
                     self._pause_while_full()
 
+        def _prepare_to_serve(self):
+            super()._prepare_to_serve()
+            if self._reaper is None:
+                self._child_reaper()
+
         def _child_reaper(self):
             reaper = self._reaper
             if reaper is None:
@@ -751,7 +764,7 @@ class ThreadingMixIn:
     """Mix-in that runs each request in a thread of its own.
 
     Threads are reused (``fastsock._workers.WorkerPool``, the engine's
-    build of it, made at the first request): a request goes to
+    build of it, made when the server starts serving): a request goes to
     an idle worker when there is one, and a new worker starts only when none
     is idle; a worker idle for ``worker_idle_timeout`` seconds (None: never)
     exits.  One request runs per thread at a time, through
@@ -792,13 +805,27 @@ class ThreadingMixIn:
         """Hand the request to a worker thread."""
         pool = self._workers
         if pool is None:
+            pool = self._worker_pool()
+        pool.submit(request, client_address)
+
+    def _prepare_to_serve(self):
+        super()._prepare_to_serve()
+        if self._workers is None:
+            self._worker_pool()
+
+    def _worker_pool(self):
+        """The server's pool, made by the engine in use when first needed:
+        when the server starts serving, or at a request that comes another
+        way (process_request() called directly)."""
+        pool = self._workers
+        if pool is None:
             # setdefault: two threads calling handle_request() get one pool.
             pool = vars(self).setdefault("_workers",
                                          _backend.engine().WorkerPool(self))
             if self.block_on_close:
                 # What server_close() waits for, and what len() counts.
                 self._threads = pool
-        pool.submit(request, client_address)
+        return pool
 
     def server_close(self):
         super().server_close()
