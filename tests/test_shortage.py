@@ -421,3 +421,42 @@ def test_handle_error_reports_even_when_traceback_cannot_print(
     assert "Traceback (most recent call last)" in err
     assert "ValueError: the request's own error" in err
     assert err.endswith("-" * 40 + "\n")
+
+
+def test_a_worker_that_cannot_be_made_is_not_counted(engine, monkeypatch,
+                                                     no_leaks):
+    # The other way a worker fails, which no limit brings about reliably:
+    # no memory for its Thread.  As when it cannot start, the request goes
+    # to handle_error() and is shut down, and the pool counts nothing for
+    # it: with max_threads = 1, a leaked count would stop the server.
+    import threading
+
+    import fastsock
+    from _server_helpers import serving
+
+    class Server(fastsock.ThreadingTCPServer):
+        max_threads = 1
+
+        def handle_error(self, request, client_address):
+            errors.append(sys.exc_info()[0])
+
+    class Echo(fastsock.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(self.rfile.readline())
+
+    errors = []
+    real_thread = threading.Thread
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    server = Server((HOST, 0), Echo)
+    with serving(server):
+        monkeypatch.setattr(threading, "Thread", no_memory)
+        with connect_to(server.server_address) as client:
+            assert reply_or_eof(client) == b""
+        assert errors == [MemoryError]
+        monkeypatch.setattr(threading, "Thread", real_thread)
+        with connect_to(server.server_address) as client:
+            assert line_exchange(client, b"next\n") == b"next\n"
+    assert errors == [MemoryError]
