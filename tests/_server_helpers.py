@@ -340,6 +340,13 @@ class Child:
             with open(path, "w") as file:
                 file.write(script)
             command = [os.fspath(path)]
+            # Run from its file, the script's directory comes first on
+            # sys.path, not the current one: the child imports the same
+            # fastsock as this process all the same.
+            paths = [os.path.dirname(os.path.dirname(fastsock.__file__))]
+            if env.get("PYTHONPATH"):
+                paths.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
         self.proc = subprocess.Popen(
             [sys.executable, *command, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
