@@ -166,11 +166,17 @@ class BaseServer:
 
         Call it from another thread than the one running serve_forever().
         """
+        self._request_shutdown()
+        self.__is_shut_down.wait()
+
+    def _request_shutdown(self):
+        """What shutdown() does before it waits: serve_forever() stops once
+        the current request is done.  Takes no lock, so that a signal
+        handler of the thread that serves may call it."""
         self.__shutdown_request = True
         loop = self.__loop
         if loop is not None:
             loop.stop()
-        self.__is_shut_down.wait()
 
     def _serve_forever_ended(self):
         """Whether serve_forever() has returned since it last started

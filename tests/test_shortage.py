@@ -17,6 +17,7 @@ Each test runs once per engine.
 import contextlib
 import errno
 import os
+import signal
 import socket
 import ssl
 import sys
@@ -460,3 +461,58 @@ def test_a_worker_that_cannot_be_made_is_not_counted(engine, monkeypatch,
         with connect_to(server.server_address) as client:
             assert line_exchange(client, b"next\n") == b"next\n"
     assert errors == [MemoryError]
+
+
+GRACEFUL_WITHOUT_THREADS = """
+    import signal, threading, time
+    import fastsock
+
+    try:
+        threading.stack_size(1 << 62)  # see SHORTAGE_SERVER
+        threading.stack_size(0)
+    except (ValueError, OverflowError):
+        print("unsupported", flush=True)
+        raise SystemExit
+
+    class Slow(fastsock.StreamRequestHandler):
+        def handle(self):
+            self.rfile.readline()
+            # From now on no thread can start.
+            threading.stack_size(1 << 62)
+            self.wfile.write(b"started\\n")
+            time.sleep(0.5)
+            self.wfile.write(b"done\\n")
+
+    server = fastsock.ThreadingTCPServer(("127.0.0.1", 0), Slow)
+    print(fastsock.BACKEND, server.server_address[1], flush=True)
+    finished = fastsock.serve_until_signal(server, 10, poll_interval=0.05)
+    print("finished", finished, flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32",
+                    reason="needs SIGTERM delivery")
+def test_a_graceful_stop_needs_no_new_thread(engine):
+    # SIGTERM while no thread can start: serve_until_signal() stops the
+    # loop from the signal handler itself, lets the running request finish
+    # and closes the server; the thread that would watch the deadline is
+    # done without.
+    child = Child(GRACEFUL_WITHOUT_THREADS, engine=engine)
+    try:
+        first = child.read_line()
+        if first == "unsupported":
+            pytest.skip("this platform refuses the stack size that makes "
+                        "thread starts fail")
+        backend, port = first.split()
+        assert backend == engine
+        with connect_to((HOST, int(port))) as client, \
+                client.makefile("rb") as reader:
+            client.sendall(b"go\n")
+            assert reader.readline() == b"started\n"
+            child.proc.send_signal(signal.SIGTERM)
+            assert reader.readline() == b"done\n"
+            assert reader.read() == b""
+        assert child.read_line() == "finished True"
+        assert child.wait() == 0
+    finally:
+        child.close()
