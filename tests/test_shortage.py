@@ -1,6 +1,8 @@
 """Real shortages, in fresh child processes that imported nothing but
 fastsock: out of descriptors, out of memory, a worker thread that cannot
-start, handle_error() and a failed TLS handshake while out of descriptors.
+start, handle_error() and a failed TLS handshake while out of descriptors,
+a graceful stop while no thread can start.  Two in-process tests cover
+what no real shortage brings about reliably.
 
 A failure path must need nothing that it does not already hold (see
 ``_server._prepare_failure_paths``): out of descriptors, even importing a
@@ -10,6 +12,11 @@ child reports which of them it had imported before its server started
 (none), and takes commands that bring the shortage on and off.  Where the
 shortage itself does not stop imports (memory, threads), the child fails
 every import of a new module meanwhile and reports the attempts.
+
+A thread cannot start in the child once ``threading.stack_size()`` asks
+for a stack no address space can hold: ``pthread_create()`` fails, and
+``Thread.start()`` raises "can't start new thread" as it would when out of
+threads or memory.
 
 Each test runs once per engine.
 """
