@@ -5,13 +5,15 @@ Every ``src/fastsock/NAME.pyx`` becomes the extension ``fastsock.NAME``.
 mode, typed by ``fastsock/_cworkers.pxd``) into ``fastsock._cworkers``,
 the compiled engine's worker pool: one source for both engines' pools.
 The build never fails for want of the compiled engine: with
-``FASTSOCK_NO_EXTENSIONS=1``, without Cython, or when compiling fails, the
-package installs with the pure-Python engine alone and says so.
+``FASTSOCK_NO_EXTENSIONS=1``, on Windows or free-threaded CPython, without
+Cython, or when compiling fails, the package installs with the pure-Python
+engine alone and says so.
 """
 
 import glob
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
@@ -52,6 +54,11 @@ def extensions():
     if sys.platform == "win32":
         # The engine waits with epoll/kqueue/poll() on POSIX descriptors.
         _warn("the compiled engine is not built on Windows")
+        return []
+    if sysconfig.get_config_var("Py_GIL_DISABLED"):
+        # The compiled modules share state between threads that the GIL
+        # keeps safe; without it, it has not been reviewed (README).
+        _warn("the compiled engine is not built for free-threaded CPython")
         return []
     modules = {os.path.splitext(os.path.basename(path))[0]:
                os.path.relpath(path, HERE)

@@ -2,12 +2,14 @@
 
 ``serve_until_signal(server, grace)`` runs ``server.serve_forever()`` in the
 main thread with handlers for SIGTERM and SIGINT installed.  The first such
-signal stops the loop: a helper thread calls ``server.shutdown()`` (the
-handler itself runs in the thread that serves, which shutdown() would wait
-for).  Requests already running then get until ``grace`` seconds after the
-signal to finish: a threading server's workers, a forking server's
-children, or, for a plain server, the request the loop was in, which
-shutdown() waits for.  Then the server is closed.
+signal stops the loop: the handler asks it to stop as shutdown() does,
+without waiting (it runs in the thread that serves), and a helper thread
+watches the deadline.  Requests already running then get until ``grace``
+seconds after the signal to finish: a threading server's workers, a forking
+server's children, or, for a plain server, the request the loop was in.
+Then the server is closed.  Where the helper thread cannot start (no
+threads left), the loop stops all the same; only a plain server's request
+then runs past the deadline.
 
 At the deadline, or at a second signal: a forking server's remaining
 children are killed (SIGKILL, as gunicorn does once its graceful timeout is
@@ -100,6 +102,7 @@ class _GracefulStop:
         # main thread once its handlers may have been restored.
         self._lock = threading.Lock()
         self._serving = True  # the main thread is in serve_forever()
+        self._loop_done = threading.Event()  # set once it has returned
         self._first_signal = None
         self._deadline = None
         self._interrupted = False  # a request in the loop was cut short
@@ -113,26 +116,26 @@ class _GracefulStop:
         if self._first_signal is None:
             self._first_signal = signum
             self._deadline = monotonic() + self._grace
-            _thread.start_new_thread(self._stop, ())
+            self._server._request_shutdown()
+            if "NOTIFY_SOCKET" in os.environ:
+                systemd._notify_quietly("STOPPING=1")
+            try:
+                _thread.start_new_thread(self._watch_deadline, ())
+            except RuntimeError:  # can't start new thread
+                pass  # the loop stops all the same
             return
         self.cut_short = True
         # serve_forever() may have returned before loop_ended() ran: its
         # shut-down event tells, and then there is nothing to interrupt.
         if (self._serving
-                and not self._server._BaseServer__is_shut_down.is_set()):
+                and not self._server._serve_forever_ended()):
             self._interrupted = True
             raise KeyboardInterrupt  # ends the request the loop is in
 
-    def _stop(self):
-        """After the first signal, stop the loop; interrupt it if it is
-        still busy at the deadline."""
-        if "NOTIFY_SOCKET" in os.environ:
-            systemd._notify_quietly("STOPPING=1")
-        stopper = threading.Thread(target=self._server.shutdown, daemon=True,
-                                   name="fastsock shutdown")
-        stopper.start()
-        stopper.join(max(0.0, self._deadline - monotonic()))
-        if not stopper.is_alive():
+    def _watch_deadline(self):
+        """After the first signal, interrupt the loop if it is still busy
+        at the deadline."""
+        if self._loop_done.wait(max(0.0, self._deadline - monotonic())):
             return  # the loop ended in time
         with self._lock:
             if self._serving and not self.cut_short:
@@ -149,6 +152,7 @@ class _GracefulStop:
     def loop_ended(self):
         with self._lock:
             self._serving = False
+        self._loop_done.set()
         if self._deadline is None:  # stopped by someone else's shutdown()
             self._deadline = monotonic() + self._grace
 

@@ -37,14 +37,43 @@ _PY312 = sys.version_info >= (3, 12)
 _HAS_FORK = hasattr(os, "fork")
 _HAS_UNIX = hasattr(socket, "AF_UNIX")
 
+# The "fastsock" logger, once _prepare_failure_paths() has run.
+_logger = None
+
+
+def _prepare_failure_paths():
+    """Import what reporting a failure needs; return the "fastsock" logger.
+
+    A failure path must need nothing it does not already hold: out of
+    descriptors, importing a module fails (it opens the module's file), and
+    a server whose report of a shortage raises stops serving.  So this runs
+    when a server starts serving (``server_activate()`` of a listening
+    server, ``serve_forever()``, ``handle_request()``), not at the
+    shortage, and not at import either: most servers never fail, and
+    logging alone would double fastsock's import time.  It brings in
+    logging, for ``_log()``, and traceback for ``handle_error()``, with the
+    modules that traceback imports only while printing: tokenize (linecache
+    reads source files with it, imported lazily from 3.13) and ast (3.11's
+    carets under the failing expression).
+    """
+    global _logger
+    if _logger is None:
+        import logging
+        import tokenize  # noqa: F401
+        import traceback  # noqa: F401
+        if _PY311:
+            import ast  # noqa: F401
+        _logger = logging.getLogger("fastsock")
+    return _logger
+
+
 def _log():
     """The "fastsock" logger, for what goes wrong in the server itself
     rather than in a request (which handle_error() reports): resource
-    shortages, failed TLS handshakes.  logging is imported on first use:
-    most servers never need it, and it would double fastsock's import time.
+    shortages, failed TLS handshakes.  Ready since the server started
+    serving (see _prepare_failure_paths); made ready now otherwise.
     """
-    import logging
-    return logging.getLogger("fastsock")
+    return _logger or _prepare_failure_paths()
 
 
 def _errnos(*names):
@@ -191,10 +220,6 @@ class BaseServer:
             self.__shutdown_request = False
             self.__is_shut_down.set()
 
-    def _prepare_to_serve(self):
-        """Get what serving needs before the first request: called when
-        serve_forever() starts.  Nothing here; see TCPServer."""
-
     def _worker_count(self):
         """How many processes serve_forever() is to serve with (1: this
         one alone).  A worker serves alone."""
@@ -229,11 +254,33 @@ class BaseServer:
 
         Call it from another thread than the one running serve_forever().
         """
+        self._request_shutdown()
+        self.__is_shut_down.wait()
+
+    def _request_shutdown(self):
+        """What shutdown() does before it waits: serve_forever() stops once
+        the current request is done.  Takes no lock, so that a signal
+        handler of the thread that serves may call it."""
         self.__shutdown_request = True
         loop = self.__loop
         if loop is not None:
             loop.stop()
-        self.__is_shut_down.wait()
+
+    def _serve_forever_ended(self):
+        """Whether serve_forever() has returned since it last started
+        (False before it ever ran); thread-safe."""
+        return self.__is_shut_down.is_set()
+
+    def _prepare_to_serve(self):
+        """Make ready what serving needs before a shortage can stop it:
+        called as serve_forever() and handle_request() start.
+
+        Here, what reporting a failure needs (``_prepare_failure_paths``);
+        the mix-ins add their worker pool or child reaper, which the first
+        request would otherwise make, importing their module.
+        """
+        if _logger is None:
+            _prepare_failure_paths()
 
     def _pause_accepting(self, until=None):
         """Make serve_forever() stop taking requests, until ``until``.
@@ -262,6 +309,7 @@ class BaseServer:
         The wait is bounded by the smaller of the listening socket's timeout
         and ``self.timeout``; when it runs out, ``handle_timeout()`` is called.
         """
+        self._prepare_to_serve()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -350,9 +398,12 @@ class BaseServer:
         last, self._last_shortage = self._last_shortage, now
         if last is None or now - last > _SHORTAGE_EPISODE_GAP:
             self._backoff = 0.0
-            _log().warning("server at %r: %s; shedding or holding back "
-                           "new requests until it passes",
-                           self.server_address, exc)
+            try:
+                _log().warning("server at %r: %s; shedding or holding back "
+                               "new requests until it passes",
+                               self.server_address, exc)
+            except Exception:  # e.g. MemoryError: the back-off matters more
+                pass
         if exc.errno in _OUT_OF_DESCRIPTORS and self._shed_connection():
             return
         self._backoff = min(max(2 * self._backoff, _BACKOFF_FIRST),
@@ -401,13 +452,28 @@ class BaseServer:
         """Release one request's resources."""
 
     def handle_error(self, request, client_address):
-        """Report an exception from a request on stderr, then carry on."""
+        """Report an exception from a request on stderr, then carry on.
+
+        The traceback module is imported by the time a server serves
+        (``_prepare_failure_paths``).  Printing a traceback also reads the
+        source files of its frames, which out of descriptors cannot be
+        opened: linecache then leaves the source lines out.  Should printing
+        fail all the same (a module traceback imports lazily, memory), the
+        interpreter's own display, written in C, prints the exception
+        instead: handle_error() itself never raises for want of resources.
+        """
         rule = '-' * 40
         print(rule, file=sys.stderr)
         print('Exception occurred during processing of request from',
               client_address, file=sys.stderr)
-        import traceback
-        traceback.print_exc()
+        exc_info = sys.exc_info()
+        try:
+            import traceback
+            traceback.print_exc()
+        except Exception:
+            sys.__excepthook__(*exc_info)
+        finally:
+            del exc_info  # a cycle through the traceback's frames
         print(rule, file=sys.stderr)
 
     def __enter__(self):
@@ -533,7 +599,8 @@ class TCPServer(BaseServer):
         self.server_address = sock.getsockname()
 
     def server_activate(self):
-        """Listen with a backlog of ``request_queue_size``; take a reserve.
+        """Listen with a backlog of ``request_queue_size``; take a reserve
+        and what reporting a shortage needs (``_prepare_failure_paths``).
 
         With ``avoid_nagle_stalls``, TCP_NODELAY is set on the listening
         socket, and so on every connection accepted from it.
@@ -545,6 +612,8 @@ class TCPServer(BaseServer):
             self.socket.listen(self.request_queue_size)
         if self._reserve is None:
             self._reserve = _open_reserve()
+        if _logger is None:
+            _prepare_failure_paths()
 
     def _already_listening(self):
         """Whether the socket listens already.  Asked only of a socket
@@ -605,8 +674,12 @@ class TCPServer(BaseServer):
     def _prepare_to_serve(self):
         """With ``proxy_protocol``: read ``proxy_protocol_trusted`` and get
         what a refused connection needs (the parser, the logger) now."""
+        super()._prepare_to_serve()
         if self.proxy_protocol:
-            self._proxy_policy = _ProxyPolicy(self)
+            policy = self._proxy_policy
+            if (policy is None or policy.trusted_setting
+                    is not self.proxy_protocol_trusted):
+                self._proxy_policy = _ProxyPolicy(self)
 
     def _read_proxy_header(self, connection, client_address):
         """Read the PROXY header from ``connection``; return a
@@ -956,6 +1029,11 @@ if _HAS_FORK:
                         or len(children) >= self.max_children):
                     self._pause_while_full()
 
+        def _prepare_to_serve(self):
+            super()._prepare_to_serve()
+            if self._reaper is None:
+                self._child_reaper()
+
         def _child_reaper(self):
             reaper = self._reaper
             if reaper is None:
@@ -1048,7 +1126,7 @@ class ThreadingMixIn:
     """Mix-in that runs each request in a thread of its own.
 
     Threads are reused (``fastsock._workers.WorkerPool``, the engine's
-    build of it, made at the first request): a request goes to
+    build of it, made when the server starts serving): a request goes to
     an idle worker when there is one, and a new worker starts only when none
     is idle; a worker idle for ``worker_idle_timeout`` seconds (None: never)
     exits.  One request runs per thread at a time, through
@@ -1089,13 +1167,27 @@ class ThreadingMixIn:
         """Hand the request to a worker thread."""
         pool = self._workers
         if pool is None:
+            pool = self._worker_pool()
+        pool.submit(request, client_address)
+
+    def _prepare_to_serve(self):
+        super()._prepare_to_serve()
+        if self._workers is None:
+            self._worker_pool()
+
+    def _worker_pool(self):
+        """The server's pool, made by the engine in use when first needed:
+        when the server starts serving, or at a request that comes another
+        way (process_request() called directly)."""
+        pool = self._workers
+        if pool is None:
             # setdefault: two threads calling handle_request() get one pool.
             pool = vars(self).setdefault("_workers",
                                          _engine_of(self).WorkerPool(self))
             if self.block_on_close:
                 # What server_close() waits for, and what len() counts.
                 self._threads = pool
-        pool.submit(request, client_address)
+        return pool
 
     def server_close(self):
         super().server_close()

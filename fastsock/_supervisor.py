@@ -753,10 +753,7 @@ def _watch_supervisor(server, life_fd):
 def _stop_serving(server):
     """Make the worker's serve_forever() return; safe in a signal handler
     and from any thread."""
-    server._BaseServer__shutdown_request = True
-    loop = server._BaseServer__loop
-    if loop is not None:
-        loop.stop()
+    server._request_shutdown()
 
 
 _BLOCKED_AT_FORK = set(_STOP_SIGNALS) | ({_SIGHUP} if _SIGHUP else set())

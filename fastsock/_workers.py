@@ -121,17 +121,25 @@ class WorkerPool:
         worker.baton.release()
 
     def _start_worker(self, request, client_address):
-        """A new worker for the request; lock held."""
-        worker = _Worker(request, client_address, self._baton)
-        worker.thread = threading.Thread(
-            target=self._work, args=(worker,),
-            daemon=self._server.daemon_threads)
-        self._workers.add(worker)
+        """A new worker for the request; lock held.
+
+        A worker that cannot be made or started (RuntimeError: can't start
+        new thread, MemoryError) leaves nothing behind: the request is
+        counted no more, and the exception goes to the caller, where the
+        server reports it with handle_error() and shuts the request down,
+        as the standard library does when its thread will not start.
+        """
+        worker = None
         try:
+            worker = _Worker(request, client_address, self._baton)
+            worker.thread = threading.Thread(
+                target=self._work, args=(worker,),
+                daemon=self._server.daemon_threads)
+            self._workers.add(worker)
             # Started under the lock, so that close() never joins a
             # thread that has not started.
             worker.thread.start()
-        except BaseException:  # e.g. RuntimeError: can't start thread
+        except BaseException:
             self._workers.discard(worker)
             self._end_request()
             raise

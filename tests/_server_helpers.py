@@ -7,7 +7,11 @@ server never gets near: a test that hangs fails instead of stalling the run.
 import contextlib
 import itertools
 import os
+import queue
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -314,3 +318,88 @@ def wait_until(predicate, what="the condition"):
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.002)
+
+
+class Child:
+    """A Python child process running ``script``, driven over stdin and
+    stdout one line at a time; stderr is collected.
+
+    ``engine`` names the engine the child's fastsock uses.  With ``path``,
+    the script is written there and run from it, so that tracebacks can
+    show its source lines; else it runs with ``-c``.
+    """
+
+    def __init__(self, script, *args, engine=None, path=None):
+        env = dict(os.environ)
+        if engine is not None:
+            env["FASTSOCK_PURE"] = "1" if engine == "python" else "0"
+        script = textwrap.dedent(script)
+        if path is None:
+            command = ["-c", script]
+        else:
+            with open(path, "w") as file:
+                file.write(script)
+            command = [os.fspath(path)]
+            # Run from its file, the script's directory comes first on
+            # sys.path, not the current one: the child imports the same
+            # fastsock as this process all the same.
+            paths = [os.path.dirname(os.path.dirname(fastsock.__file__))]
+            if env.get("PYTHONPATH"):
+                paths.append(env["PYTHONPATH"])
+            env["PYTHONPATH"] = os.pathsep.join(paths)
+        self.proc = subprocess.Popen(
+            [sys.executable, *command, *args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env)
+        self._lines = queue.Queue()
+        self._stderr = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout,
+                                                  self._lines.put),
+                         daemon=True).start()
+        self._stderr_reader = threading.Thread(
+            target=self._pump, args=(self.proc.stderr, self._stderr.append),
+            daemon=True)
+        self._stderr_reader.start()
+
+    @staticmethod
+    def _pump(stream, put):
+        for line in stream:
+            put(line)
+        put(None)
+
+    def read_line(self, timeout=TIMEOUT):
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no answer from the child in {timeout} s")
+        assert line is not None, "the child ended: " + self.stderr()
+        return line.rstrip("\n")
+
+    def command(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        return self.read_line()
+
+    def wait(self, timeout=TIMEOUT):
+        """Wait for the exit status; kill the child if it is late."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail("the child did not exit: " + self.stderr())
+
+    def stderr(self):
+        """All the child wrote on stderr, once it has closed it."""
+        self._stderr_reader.join(TIMEOUT)
+        return self.stderr_so_far()
+
+    def stderr_so_far(self):
+        return "".join(line for line in list(self._stderr) if line is not None)
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            stream.close()

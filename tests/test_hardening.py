@@ -2,30 +2,28 @@
 and vanishing clients, TLS, graceful stop, and (opt-in) a soak test.
 
 Each test runs once per engine.  Tests that need process-wide state of
-their own (a lowered descriptor limit, signal handlers) run their server in
-a child process, driven line by line over its stdin and stdout.
+their own (signal handlers) run their server in a child process, driven
+line by line over its stdin and stdout (``_server_helpers.Child``); real
+shortages, in fresh child processes, are in test_shortage.py.
 """
 
 import contextlib
 import errno
 import logging
 import os
-import queue
 import selectors
 import signal
 import socket
 import ssl
 import struct
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 
 import pytest
 
 import fastsock
-from _server_helpers import (HOST, TIMEOUT, ServerThread, connect,
+from _server_helpers import (HOST, TIMEOUT, Child, ServerThread, connect,
                              recv_until_eof, requires_fork, serving)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,8 +31,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # 2000 to 2100, with its key.
 CERT = os.path.join(HERE, "tls_keycert.pem")
 
-requires_posix_limits = pytest.mark.skipif(
-    sys.platform == "win32", reason="no RLIMIT_NOFILE on Windows")
 requires_signals = pytest.mark.skipif(
     sys.platform == "win32", reason="no SIGTERM delivery on Windows")
 
@@ -231,134 +227,8 @@ def test_a_listening_server_holds_one_reserve_descriptor(no_leaks):
         assert server._reserve is None
 
 
-# --- Real descriptor exhaustion, in a child process -----------------------
-
-class Child:
-    """A Python child process running ``script``, driven over stdin and
-    stdout one line at a time; stderr is collected."""
-
-    def __init__(self, script, *args, engine=None):
-        env = dict(os.environ)
-        if engine is not None:
-            env["FASTSOCK_PURE"] = "1" if engine == "python" else "0"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(script), *args],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env)
-        self._lines = queue.Queue()
-        self._stderr = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout,
-                                                  self._lines.put),
-                         daemon=True).start()
-        self._stderr_reader = threading.Thread(
-            target=self._pump, args=(self.proc.stderr, self._stderr.append),
-            daemon=True)
-        self._stderr_reader.start()
-
-    @staticmethod
-    def _pump(stream, put):
-        for line in stream:
-            put(line)
-        put(None)
-
-    def read_line(self, timeout=TIMEOUT):
-        try:
-            line = self._lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"no answer from the child in {timeout} s")
-        assert line is not None, "the child ended: " + self.stderr()
-        return line.rstrip("\n")
-
-    def command(self, line):
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-        return self.read_line()
-
-    def wait(self, timeout=TIMEOUT):
-        """Wait for the exit status; kill the child if it is late."""
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("the child did not exit: " + self.stderr())
-
-    def stderr(self):
-        self._stderr_reader.join(TIMEOUT)
-        return "".join(line for line in self._stderr if line is not None)
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            stream.close()
-
-
-STARVED_SERVER = """
-    import logging, os, resource, sys, threading, time
-    import fastsock
-
-    logging.basicConfig(stream=sys.stderr,
-                        format="LOG %(name)s %(levelname)s %(message)s")
-
-    class Echo(fastsock.StreamRequestHandler):
-        def handle(self):
-            self.wfile.write(self.rfile.readline())
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(128, hard), hard))
-    server = fastsock.ThreadingTCPServer(("127.0.0.1", 0), Echo)
-    loop = threading.Thread(target=server.serve_forever, args=(0.05,))
-    loop.start()
-    print(fastsock.BACKEND, server.server_address[1], flush=True)
-    fillers = []
-    for command in sys.stdin:
-        if command == "starve\\n":
-            while True:
-                try:
-                    fillers.append(os.open(os.devnull, os.O_RDONLY))
-                except OSError:
-                    break
-            cpu, wall = time.process_time(), time.monotonic()
-            print("starved", flush=True)
-        elif command == "cpu\\n":
-            busy = (time.process_time() - cpu) / (time.monotonic() - wall)
-            print(busy, flush=True)
-        elif command == "free\\n":
-            for fd in fillers:
-                os.close(fd)
-            fillers.clear()
-            print("freed", flush=True)
-    server.shutdown()
-    loop.join()
-    server.server_close()
-"""
-
-
-@requires_posix_limits
-def test_starved_of_descriptors_the_server_idles_then_recovers(engine):
-    child = Child(STARVED_SERVER, engine=engine)
-    try:
-        backend, port = child.read_line().split()
-        assert backend == engine
-        address = (HOST, int(port))
-        assert child.command("starve") == "starved"
-        ends = time.monotonic() + 1.0
-        while time.monotonic() < ends:
-            with socket.create_connection(address, TIMEOUT) as client:
-                client.sendall(b"lost\n")
-                assert reply_or_eof(client) == b""
-            time.sleep(0.05)
-        # Starved for over a second, with clients knocking: not spinning.
-        assert float(child.command("cpu")) < 0.3
-        assert child.command("free") == "freed"
-        assert echo(address, b"after\n") == b"after\n"
-        child.proc.stdin.close()
-        assert child.wait() == 0
-        assert child.stderr().count("LOG fastsock WARNING") == 1
-    finally:
-        child.close()
+# Real shortages (descriptors, memory, threads), in fresh child processes:
+# test_shortage.py.
 
 
 # --- Floods ---------------------------------------------------------------

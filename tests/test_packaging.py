@@ -145,6 +145,31 @@ def test_sdist_has_sources_and_builds_a_pure_wheel(tmp_path):
     assert {name for name in files if name.endswith(BUILD_OUTPUTS)} == set()
 
 
+@needs_source_tree
+@pytest.mark.skipif(sys.platform == "win32",
+                    reason="Windows builds no compiled engine in any case")
+def test_a_free_threaded_build_gets_the_pure_engine():
+    # The compiled modules rely on the GIL (README): on a free-threaded
+    # interpreter setup.py builds none.  No such interpreter need be at
+    # hand: setup.py runs here with sysconfig answering as one would.
+    script = (
+        "import runpy, sys, sysconfig\n"
+        "real = sysconfig.get_config_var\n"
+        "sysconfig.get_config_var = lambda name: (\n"
+        "    1 if name == 'Py_GIL_DISABLED' else real(name))\n"
+        "sys.argv = ['setup.py', '--name']\n"
+        "runpy.run_path('setup.py', run_name='__main__')\n")
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("FASTSOCK_NO_EXTENSIONS", "FASTSOCK_BUILD_ONLY")}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=SOURCE_ROOT,
+                          env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "not built for free-threaded CPython" in proc.stderr
+    assert "pure-Python engine only" in proc.stderr
+    assert proc.stdout.split()[-1] == "fastsock"
+
+
 # -- type information ----------------------------------------------------------
 
 def _public_attrs(cls):
