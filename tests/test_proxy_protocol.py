@@ -20,6 +20,11 @@ import fastsock
 import _proxy_encoder as encode
 from _server_helpers import HOST, TIMEOUT, requires_fork, requires_unix, serving
 
+# The forking server's loop runs beside pytest's threads (3.12 warns at
+# each fork of a multi-threaded process; its child only serves a request).
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 CERT = os.path.join(HERE, "tls_keycert.pem")
 
