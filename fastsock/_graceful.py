@@ -118,7 +118,7 @@ class _GracefulStop:
             self._deadline = monotonic() + self._grace
             self._server._request_shutdown()
             if "NOTIFY_SOCKET" in os.environ:
-                systemd._notify_quietly("STOPPING=1")
+                systemd._notify_stopping()
             try:
                 _thread.start_new_thread(self._watch_deadline, ())
             except RuntimeError:  # can't start new thread

@@ -279,7 +279,7 @@ class Supervisor:
                 if self._notifier is not None:
                     self._tell_service_manager()
             if self._notifier is not None:
-                _systemd()._notify_quietly("STOPPING=1")
+                _systemd()._notify_stopping()
             self._stop_workers()
         finally:
             self._kill_workers()

@@ -155,6 +155,17 @@ def _notify_quietly(*states):
 
 # The process that sent READY=1 (a forked child has not).
 _ready_pid = None
+# The process that sent STOPPING=1: a graceful stop says it once, whether
+# serve_until_signal() or a workers supervisor (or both) see it first.
+_stopping_pid = None
+
+
+def _notify_stopping():
+    """STOPPING=1, once per process; never raises."""
+    global _stopping_pid
+    if _stopping_pid != os.getpid():
+        _stopping_pid = os.getpid()
+        _notify_quietly("STOPPING=1")
 
 
 def _watchdog_interval():

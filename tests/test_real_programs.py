@@ -209,12 +209,14 @@ def stop(process):
 
 
 @requires_socket_activate
-def test_http_server_on_an_activated_socket(engine, tmp_path):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]],
+                         ids=["one-process", "workers"])
+def test_http_server_on_an_activated_socket(engine, tmp_path, workers):
     (tmp_path / "index.txt").write_text("activated\n")
     notifications = Notifications(tmp_path)
     port = free_port()
     process = socket_activate(port, notifications, sys.executable, "-m",
-                              "fastsock.http", "--systemd", "-d",
+                              "fastsock.http", *workers, "--systemd", "-d",
                               str(tmp_path))
     try:
         reply = activated_exchange(process, port,
