@@ -29,7 +29,12 @@ setup.py also compiles it, unchanged, with Cython into
 workers become extension types; the hand-off and the worker's loop run as
 C), and the compiled engine uses that build.  Each engine names its pool
 class (``engine.WorkerPool``), so the pool semantics are written, and
-tested, once.
+tested, once.  What the compiled build assumes of the interpreter: a GIL
+(setup.py builds nothing for a free-threaded one).  The pool's shared
+fields change only under the pool lock; ``len()`` reads one without it,
+and a worker reads the request it was handed after its baton's release,
+which orders the two.  The compiled Baton lets go of the GIL only inside
+its wait.
 
 ``ChildReaper`` finds the exited children of a ForkingMixIn server.
 """
