@@ -1327,8 +1327,9 @@ def multicore_section(bench, summary):
     if not any(BY_SERVER[key[2]].multiprocess for key in summary):
         return []
     n = bench.workers
+    single = bench.pinning[0] if bench.pinning else "-"
     lines = [
-        f"Placement: single-process servers on CPU {bench.pinning[0] if bench.pinning else '-'}"
+        f"Placement: single-process servers on CPU {single}"
         f"; {placement_text(bench)}.",
         "",
         f"| workload | conc | server | req/s | ×fastsock 1 process (pinned) "
@@ -1394,7 +1395,10 @@ def multicore_section(bench, summary):
             "",
         ]
     else:
-        lines += [f"No load generator was busier than {LOADGEN_BUSY:.0%} of its CPU.", ""]
+        lines += [
+            f"No load generator was busier than {LOADGEN_BUSY:.0%} of its CPU.",
+            "",
+        ]
     if bench.multicore_shared:
         lines += [
             "The servers shared their CPUs with the load generator: the targets "
@@ -1690,7 +1694,8 @@ def describe_run(
         )
         + (
             f"; multi-process servers: {placement_text(bench)}"
-            if bench is not None and bench.loadgen_cpus[1:]
+            if bench is not None
+            and any(BY_SERVER[x["server"]].multiprocess for x in bench.samples)
             else ""
         ),
         "fastsock": fastsock_origin(),
