@@ -4,8 +4,15 @@ Binaries are cached under ``bench/out/bin`` by a hash of their source and
 flags, so an edited source is rebuilt (and the older build removed) and an
 unchanged one is not.  The
 compiler is ``$CC`` when set, else the first of cc, gcc and clang on PATH.
+
+Static builds (``static=True``) run on another Linux machine with no C
+compiler and whatever C library it has: ``bench/prepare_device.sh`` makes
+them with ``python bench/_build.py --static --bin-dir DIR loadgen ...``, and
+``run.py --prebuilt-bin DIR`` finds them there by the same hash, so a binary
+built from an older source is never used.
 """
 
+import argparse
 import hashlib
 import os
 import shutil
@@ -15,6 +22,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 OUT_DIR = BENCH_DIR / "out"
 CFLAGS = ["-O2", "-Wall"]
+STATIC_FLAGS = ["-static"]
 
 
 class BuildError(RuntimeError):
@@ -29,10 +37,11 @@ def compiler():
     return None
 
 
-def build(name, bin_dir=OUT_DIR / "bin"):
+def build(name, bin_dir=OUT_DIR / "bin", static=False):
     """Return the path of the binary built from ``bench/NAME.c``."""
     source = BENCH_DIR / f"{name}.c"
-    digest = hashlib.sha256(source.read_bytes() + " ".join(CFLAGS).encode())
+    flags = CFLAGS + (STATIC_FLAGS if static else [])
+    digest = hashlib.sha256(source.read_bytes() + " ".join(flags).encode())
     binary = Path(bin_dir) / f"{name}-{digest.hexdigest()[:12]}"
     if binary.exists():
         return binary
@@ -44,7 +53,7 @@ def build(name, bin_dir=OUT_DIR / "bin"):
     # half-written binary.
     partial = binary.with_name(f"{binary.name}.{os.getpid()}.tmp")
     result = subprocess.run(
-        [cc, *CFLAGS, "-o", str(partial), str(source)],
+        [cc, *flags, "-o", str(partial), str(source)],
         capture_output=True,
         check=False,
         text=True,
@@ -57,3 +66,17 @@ def build(name, bin_dir=OUT_DIR / "bin"):
         if stale != binary and not stale.name.endswith(".tmp"):
             stale.unlink(missing_ok=True)
     return binary
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Build bench/NAME.c binaries.")
+    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.add_argument("--bin-dir", type=Path, default=OUT_DIR / "bin")
+    parser.add_argument("--static", action="store_true", help="link statically")
+    args = parser.parse_args(argv)
+    for name in args.names:
+        print(build(name, args.bin_dir, static=args.static))
+
+
+if __name__ == "__main__":
+    main()

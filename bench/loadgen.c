@@ -36,9 +36,17 @@
  * time (user + system, with reaped children) of process PID when the clock
  * started, so that the caller can leave that phase out of CPU per request.
  *
+ * With -W, several load generators (one per CPU given to load) start their
+ * clocks together: once settled (at once for the other modes), loadgen
+ * prints "SETTLED" on a line of its own and waits for a line on stdin
+ * before it starts the clock; its result is then the next line.
+ * loadgen_cpu_s in the result is its own CPU time (user + system) while
+ * timed, so that the caller can tell that the load generator was not the
+ * limit.
+ *
  * Usage: loadgen MODE (--inet HOST:PORT | --unix PATH) [-c CONNS] [-s SIZE]
  *                [-d SECONDS] [-n MAX] [-e MAXERR] [-S SOURCES] [-t TIMEOUT]
- *                [-P PID]
+ *                [-P PID] [-W 1]
  * SOURCES > 1 spreads connection-per-request clients over 127.0.0.1 ..
  * 127.0.0.SOURCES so that TIME_WAIT does not run out of ports.
  */
@@ -55,6 +63,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <time.h>
@@ -99,6 +108,7 @@ static int nconns = 1, nsources = 1;
 static size_t size = 64;
 static double duration = 1.0, timeout_s = 5.0;
 static long server_pid;  /* -P: whose CPU time to report; 0: none */
+static int wait_go;      /* -W: wait for a line on stdin before the clock */
 static uint64_t max_requests = UINT64_MAX, max_errors = UINT64_MAX;
 
 static int ep;
@@ -450,7 +460,7 @@ static double percentile_us(double p) {
 static void usage(void) {
     die("usage: loadgen echo|echo-cpr|udp|http11|http10 (--inet HOST:PORT | --unix PATH)"
         " [-c CONNS] [-s SIZE] [-d SECONDS] [-n MAX] [-e MAXERR] [-S SOURCES] [-t TIMEOUT]"
-        " [-P PID]");
+        " [-P PID] [-W 1]");
 }
 
 static void parse_args(int argc, char **argv) {
@@ -475,6 +485,7 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(opt, "-S")) nsources = atoi(val);
         else if (!strcmp(opt, "-t")) timeout_s = atof(val);
         else if (!strcmp(opt, "-P")) server_pid = atol(val);
+        else if (!strcmp(opt, "-W")) wait_go = atoi(val);
         else usage();
     }
     if (!spec || nconns < 1 || size < 1 || size > MAX_SIZE - HTTP_HEAD_MAX ||
@@ -499,6 +510,22 @@ static double cpu_seconds(long pid) {
                      &t[0], &t[1], &t[2], &t[3]) != 4)
         return -1;
     return (double)(t[0] + t[1] + t[2] + t[3]) / (double)sysconf(_SC_CLK_TCK);
+}
+
+/* This process's CPU time (user + system), in seconds. */
+static double own_cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* -W: say that this load generator is ready, and wait for the go. */
+static void wait_for_go(void) {
+    char line[16];
+    printf("SETTLED\n");
+    fflush(stdout);
+    if (!fgets(line, sizeof line, stdin)) die("no go on stdin");
 }
 
 /* One turn of the event loop: (re)open connections, handle what is ready,
@@ -571,20 +598,23 @@ int main(int argc, char **argv) {
         completed = late = 0;
         nlat = 0;
     }
+    if (wait_go) wait_for_go();
     double server_cpu = server_pid ? cpu_seconds(server_pid) : -1;
+    double own_cpu = own_cpu_seconds();
     uint64_t start = now_ns(), end = start + (uint64_t)(duration * 1e9), now = start;
     while (now < end && completed < max_requests && total_errors < max_errors)
         now = run_once(timeout_ns);
     double elapsed = (double)(now - start) / 1e9;
+    own_cpu = own_cpu_seconds() - own_cpu;
     for (int i = 0; i < nconns; i++) drop(&conns[i]);
 
     qsort(latencies, nlat, sizeof *latencies, cmp_u32);
     printf("{\"requests\": %llu, \"errors\": %llu, \"late\": %llu, \"elapsed_s\": %.6f, "
            "\"rps\": %.1f, \"p50_us\": %.1f, \"p99_us\": %.1f, \"settle_ms\": %.1f, "
-           "\"errors_by_kind\": {",
+           "\"loadgen_cpu_s\": %.3f, \"errors_by_kind\": {",
            (unsigned long long)completed, (unsigned long long)total_errors,
            (unsigned long long)late, elapsed, elapsed > 0 ? completed / elapsed : 0.0,
-           percentile_us(0.50), percentile_us(0.99), settle_ns / 1e6);
+           percentile_us(0.50), percentile_us(0.99), settle_ns / 1e6, own_cpu);
     for (int k = 0, sep = 0; k < N_ERROR_KINDS; k++)
         if (errors[k]) {
             printf("%s\"%s\": %llu", sep++ ? ", " : "", error_names[k],

@@ -21,11 +21,13 @@ SERVER_LABELS = {
     "fastsock": "fastsock",
     "fastsock-pure": "fastsock pure",
     "fastsock-workers": "fastsock workers",
+    "fastsock-workers-affinity": "fastsock workers affinity",
     "asyncio": "asyncio",
     "uvloop": "uvloop",
+    "uvloop-reuseport": "uvloop N processes",
     "ceiling": "C ceiling",
 }
-REFERENCES = ("asyncio", "uvloop", "ceiling")
+REFERENCES = ("asyncio", "uvloop", "uvloop-reuseport", "ceiling")
 CEILING_MARGIN = 0.10  # "at ceiling": within 10% of the C server's rate
 
 LEGEND = [
@@ -488,6 +490,7 @@ def results_markdown(meta, summary, failures, chart_name):
         ("Load average", meta["load"]),
         ("Python", meta["python"]),
         ("fastsock engines", ", ".join(meta["engines"])),
+        ("fastsock measured", meta.get("fastsock", "the checkout")),
         (
             "Method",
             (
@@ -530,6 +533,8 @@ def results_markdown(meta, summary, failures, chart_name):
             render_markdown(*memory),
             "",
         ]
+    if meta.get("multicore"):
+        parts += ["## Multi-core", "", *meta["multicore"], ""]
     if chart_name:
         parts += [
             "## Chart",

@@ -25,6 +25,18 @@ and its workers'; the notes give each worker's memory (RSS, and the part of
 it that is its own: private pages, not shared copy-on-write with the
 supervisor) and the ratio to one process.
 
+``--multicore`` runs that section alone, with more rows: the stdlib (one
+process), ``fastsock-workers-affinity`` (the same with
+``worker_cpu_affinity = True``) and ``uvloop-reuseport`` (uvloop as N
+processes, each with its own ``SO_REUSEPORT`` listener and pinned to one
+server CPU), plus a fairness measurement (connections per worker after a
+burst of keep-alive connections).  ``--server-cpus`` and ``--loadgen-cpus``
+place the processes explicitly; the load is then driven by one load
+generator per load CPU, each pinned to its CPU, the connections split among
+them and their results summed, and each one's CPU use is reported, to show
+that the load generator was not the limit.  ``--estimate`` prints the plan
+and its expected duration, and exits.
+
 Output: a table on stdout (progress on stderr), a JSON file of every sample
 and summary, and a PNG chart when matplotlib is importable.  Which files:
 
@@ -52,6 +64,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,6 +93,17 @@ class Server:
     reference: bool = False
     # Serves with one worker process per server CPU (the multi-core section).
     workers: bool = False
+    # With workers: worker_cpu_affinity = True (one worker per CPU).
+    affinity: bool = False
+    # Runs as that many processes with SO_REUSEPORT listeners (a reference).
+    copies: bool = False
+    # Measured only when asked for: with --multicore or by name (--server).
+    multicore_only: bool = False
+
+    @property
+    def multiprocess(self):
+        """Serves with several processes: the multi-core section's rows."""
+        return self.workers or self.copies
 
 
 SERVERS = [
@@ -87,11 +111,43 @@ SERVERS = [
     Server("fastsock", "fastsock", "cython"),
     Server("fastsock-pure", "fastsock", "python"),
     Server("fastsock-workers", "fastsock", "cython", workers=True),
+    Server(
+        "fastsock-workers-affinity",
+        "fastsock",
+        "cython",
+        workers=True,
+        affinity=True,
+        multicore_only=True,
+    ),
     Server("asyncio", "asyncio", "asyncio", reference=True),
     Server("uvloop", "uvloop", "uvloop", reference=True),
+    Server(
+        "uvloop-reuseport",
+        "uvloop",
+        "uvloop",
+        reference=True,
+        copies=True,
+        multicore_only=True,
+    ),
     Server("ceiling", None, None, reference=True),
 ]
 SERVER_NAMES = [s.name for s in SERVERS]
+BY_SERVER = {s.name: s for s in SERVERS}
+# The multi-core section's rows (--multicore), in report order.
+MULTICORE_SERVERS = [
+    "stdlib",
+    "fastsock",
+    "fastsock-workers",
+    "fastsock-workers-affinity",
+    "uvloop-reuseport",
+]
+# Keep-alive connections opened at once to measure how fairly a server with
+# several processes spreads them (issue 11: 256 over 8 workers).
+FAIRNESS_CONNECTIONS = 256
+FAIRNESS_WORKLOAD = "tcp-keepalive"
+# A load generator busier than this (CPU time / wall time while timed) may
+# have been the limit.
+LOADGEN_BUSY = 0.90
 
 
 @dataclass
@@ -121,6 +177,19 @@ def _die_with_parent():
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _child_setup(cpus):
+    """What a server's child process does before exec: die with the runner,
+    and run on ``cpus`` (when given) from its first instruction, so that
+    the workers or copies it forks inherit them, never the runner's."""
+
+    def setup():
+        _die_with_parent()
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+
+    return setup
+
+
 try:
     _libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 except OSError:
@@ -132,7 +201,7 @@ class ServerProcess:
     """A server under test, in its own session so that it and any children
     it forks can be killed together."""
 
-    def __init__(self, argv, env, log_path):
+    def __init__(self, argv, env, log_path, cpus=None):
         self.log_path = log_path
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -142,7 +211,8 @@ class ServerProcess:
                 stdout=subprocess.PIPE,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (it only calls prctl)
+                # (it only calls prctl and sched_setaffinity)
+                preexec_fn=_child_setup(cpus),  # noqa: PLW1509
             )
 
     @property
@@ -235,8 +305,8 @@ class ServerProcess:
 
 
 class SupervisedProcess(ServerProcess):
-    """A server with worker processes: its CPU time and settling take its
-    workers (its live children) in."""
+    """A server with worker processes (or a parent of server copies): its
+    CPU time and settling take its workers (its live children) in."""
 
     def worker_pids(self):
         try:
@@ -281,9 +351,132 @@ class SupervisedProcess(ServerProcess):
             )
         return memory
 
+    def connections_per_worker(self, port):
+        """{worker pid: established TCP connections to ``port`` it holds},
+        and the same count for the supervisor itself."""
+        inodes = established_inodes(port)
+        return {
+            pid: sum(1 for inode in socket_inodes(pid) if inode in inodes)
+            for pid in [self.pid, *self.worker_pids()]
+        }
+
+
+def established_inodes(port):
+    """Socket inodes of the ESTABLISHED TCP connections whose local port is
+    ``port`` (the server's side), from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                    if local_port == port and fields[3] == "01":  # ESTABLISHED
+                        inodes.add(int(fields[9]))
+        except OSError:
+            continue
+    return inodes
+
+
+def socket_inodes(pid):
+    """Inodes of the sockets process ``pid`` holds open."""
+    inodes = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.append(int(link[8:-1]))
+    return inodes
+
 
 # The CPUs this process was given, before main() pins it to one.
 _CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def parse_cpu_list(text):
+    """CPUs in the kernel's list format ("0-7", "0,2,8-11"), sorted."""
+    cpus = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            first, dash, last = part.partition("-")
+            first, last = int(first), int(last if dash else first)
+            if first < 0 or last < first:
+                raise ValueError(part)
+            cpus.update(range(first, last + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r}") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"not a CPU list: {text!r}")
+    return sorted(cpus)
+
+
+def merge_loadgen_results(results):
+    """One result from those of load generators that ran side by side."""
+    if len(results) == 1:
+        merged = dict(results[0])
+    else:
+        requests = sum(r["requests"] for r in results)
+        kinds = {}
+        for r in results:
+            for kind, count in r["errors_by_kind"].items():
+                kinds[kind] = kinds.get(kind, 0) + count
+        merged = {
+            "requests": requests,
+            "errors": sum(r["errors"] for r in results),
+            "late": sum(r.get("late", 0) for r in results),
+            "elapsed_s": max(r["elapsed_s"] for r in results),
+            "rps": sum(r["rps"] for r in results),
+            "p50_us": (
+                sum(r["p50_us"] * r["requests"] for r in results) / requests
+                if requests
+                else 0.0
+            ),
+            "p99_us": max(r["p99_us"] for r in results),
+            "settle_ms": max(r.get("settle_ms", 0.0) for r in results),
+            "errors_by_kind": kinds,
+            "first_error": next(
+                (r["first_error"] for r in results if r["first_error"]), ""
+            ),
+            "client": "loadgen",
+        }
+    merged["loadgen_processes"] = len(results)
+    merged["loadgen_cpu"] = [
+        round(r["loadgen_cpu_s"] / r["elapsed_s"], 3) if r["elapsed_s"] else None
+        for r in results
+    ]
+    return merged
+
+
+def split_evenly(total, parts):
+    """``total`` split into at most ``parts`` positive shares, as even as
+    can be (largest first)."""
+    parts = max(1, min(parts, total))
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def explicit_placement(server_cpus, loadgen_cpus):
+    """(server CPUs, load generator CPUs) from --server-cpus/--loadgen-cpus:
+    a list not given is every other CPU this process may use (all of them
+    if none is left).  Raises HarnessError for CPUs it may not use."""
+    allowed = sorted(_CPUS)
+    for given in (server_cpus, loadgen_cpus):
+        if given and not set(given) <= _CPUS:
+            raise HarnessError(
+                f"CPUs {sorted(set(given) - _CPUS)} are not among the CPUs "
+                f"this process may use ({allowed})"
+            )
+    if not server_cpus:
+        server_cpus = [c for c in allowed if c not in loadgen_cpus] or allowed
+    if not loadgen_cpus:
+        loadgen_cpus = [c for c in allowed if c not in server_cpus] or allowed
+    return server_cpus, loadgen_cpus
 
 
 def multicore_cpus(pinning):
@@ -352,6 +545,14 @@ def cpus_for_pinning():
     return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
 
 
+def installed_fastsock():
+    """Whether to measure the fastsock installed for this interpreter
+    (``--installed-fastsock``, or FASTSOCK_BENCH_INSTALLED=1) rather than
+    the checkout's: a lent machine gets a wheel built elsewhere, since the
+    checkout's compiled modules do not travel with it."""
+    return os.environ.get("FASTSOCK_BENCH_INSTALLED", "") not in ("", "0")
+
+
 def compile_fastsock():
     """Byte-compile the checkout's fastsock, as installing it would.
 
@@ -359,14 +560,16 @@ def compile_fastsock():
     compiled fastsock's source at every start (PYTHONDONTWRITEBYTECODE keeps
     it from caching the result) would pay time and about 1.3 MiB of peak
     memory that an installed copy never does."""
-    compileall.compile_dir(REPO_DIR / "fastsock", quiet=1)
+    if not installed_fastsock():
+        compileall.compile_dir(REPO_DIR / "fastsock", quiet=1)
 
 
 def server_env(server):
     env = os.environ.copy()
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_DIR), env.get("PYTHONPATH")])
-    )
+    if not installed_fastsock():
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(REPO_DIR), env.get("PYTHONPATH")])
+        )
     env.pop("FASTSOCK_PURE", None)
     if server.engine == "python":
         env["FASTSOCK_PURE"] = "1"
@@ -376,18 +579,47 @@ def server_env(server):
 class Bench:
     """Starts, checks and times servers; collects samples and failures."""
 
-    def __init__(self, settings, pinning=None, workdir=None):
+    def __init__(
+        self,
+        settings,
+        pinning=None,
+        workdir=None,
+        server_cpus=None,
+        loadgen_cpus=None,
+        workers=None,
+        prebuilt_bin=None,
+    ):
+        """``pinning``: (CPU of single-process servers, load generator CPU).
+        ``server_cpus``/``loadgen_cpus`` (explicit placement): multi-process
+        servers run on the first, one load generator per CPU of the second.
+        ``workers``: processes of a multi-process server (default: one per
+        server CPU).  ``prebuilt_bin``: a folder of static builds of the C
+        programs (``_build.py --static``) to use instead of compiling."""
         self.settings = settings
         self.pinning = pinning
-        self.loadgen = build("loadgen")
-        self.echo_server = build("echo_server")
+        if prebuilt_bin:
+            self.loadgen = build("loadgen", prebuilt_bin, static=True)
+            self.echo_server = build("echo_server", prebuilt_bin, static=True)
+        else:
+            self.loadgen = build("loadgen")
+            self.echo_server = build("echo_server")
         compile_fastsock()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="fastsock-bench-"))
         self.samples = []
         self.failures = []
         self.notes = []
+        self.fairness = []  # connections per worker after a burst
+        self.worker_memory = []  # RSS of each worker or copy
         self.progress = None
-        self.multicore_cpus, self.multicore_shared = multicore_cpus(pinning)
+        self.fairness_connections = None  # set to measure fairness
+        if server_cpus is None:
+            self.multicore_cpus, self.multicore_shared = multicore_cpus(pinning)
+            self.loadgen_cpus = [pinning[1]] if pinning else []
+        else:
+            self.multicore_cpus = set(server_cpus)
+            self.loadgen_cpus = list(loadgen_cpus)
+            self.multicore_shared = bool(self.multicore_cpus & set(loadgen_cpus))
+        self.workers = workers or len(self.multicore_cpus)
 
     # -- servers ---------------------------------------------------------
 
@@ -415,16 +647,20 @@ class Bench:
             if target.cls:
                 argv += ["--cls", target.cls]
             if server.workers:
-                argv += ["--workers", str(len(self.multicore_cpus))]
-        process_class = SupervisedProcess if server.workers else ServerProcess
+                argv += ["--workers", str(self.workers)]
+            if server.affinity:
+                argv += ["--worker-cpu-affinity"]
+            if server.copies:
+                argv += ["--copies", str(self.workers)]
+        process_class = SupervisedProcess if server.multiprocess else ServerProcess
+        # Its workers or copies, forked once it serves, inherit the CPUs.
+        if server.multiprocess:
+            cpus = self.multicore_cpus
+        else:
+            cpus = {self.pinning[0]} if self.pinning else None
         target.process = process_class(
-            argv, server_env(server), self.workdir / f"{name}.log"
+            argv, server_env(server), self.workdir / f"{name}.log", cpus
         )
-        # Its workers, forked once it serves, inherit it.
-        if server.workers:
-            os.sched_setaffinity(target.process.pid, self.multicore_cpus)
-        elif self.pinning:
-            os.sched_setaffinity(target.process.pid, {self.pinning[0]})
 
     def wait_ready(self, target):
         fields = target.process.wait_ready(timeout=30)
@@ -473,9 +709,6 @@ class Bench:
             argv += ["-n", str(max_requests)]
         if max_errors:
             argv += ["-e", str(max_errors)]
-        if target.process is not None and not target.server.workers:
-            # (loadgen reads one process's CPU time: not a supervisor's workers')
-            argv += ["-P", str(target.process.pid)]
         return argv
 
     @staticmethod
@@ -486,16 +719,72 @@ class Bench:
         result["client"] = "loadgen"
         return result
 
-    def run_loadgen(self, target, conc, seconds, **limits):
-        """Drive the target with loadgen; limits: max_requests, max_errors."""
-        done = subprocess.run(
-            self._loadgen_argv(target, conc, seconds, **limits),
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=seconds + self.settings.request_timeout + 30,
-        )
-        return self._loadgen_result(done.returncode, done.stdout, done.stderr)
+    def run_loadgen(self, target, conc, seconds, max_requests=None, max_errors=None):
+        """Drive the target with loadgen; return its result.
+
+        One load generator per load generator CPU (each pinned to its own),
+        the connections (and ``max_requests``) split among them.  They start
+        their clocks together, once every one has settled (``-W``); the
+        server's CPU time is read at that moment (``server_cpu_s``).  The
+        result sums theirs: requests, errors, rates; p99 is the highest of
+        theirs and p50 their mean weighted by requests (an approximation
+        when there are several); ``loadgen_cpu`` is each one's CPU time
+        over its timed wall time."""
+        shares = split_evenly(conc, len(self.loadgen_cpus) or 1)
+        limit = seconds + self.settings.request_timeout + 30
+        procs = []
+        try:
+            for i, share in enumerate(shares):
+                per_proc = -(-max_requests * share // conc) if max_requests else None
+                argv = self._loadgen_argv(target, share, seconds, per_proc, max_errors)
+                proc = subprocess.Popen(
+                    argv + ["-W", "1"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                procs.append(proc)
+                if len(shares) > 1:
+                    os.sched_setaffinity(proc.pid, {self.loadgen_cpus[i]})
+            deadline = time.monotonic() + limit
+            for proc in procs:
+                if not self._wait_settled(proc, deadline):
+                    stdout, stderr = proc.communicate(timeout=5)
+                    raise HarnessError(f"loadgen failed: {stderr.strip() or stdout}")
+            server_cpu = (
+                target.process.cpu_seconds() if target.process is not None else None
+            )
+            for proc in procs:
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            results = []
+            for proc in procs:
+                stdout, stderr = proc.communicate(
+                    timeout=max(1, deadline - time.monotonic())
+                )
+                last_line = stdout.strip().rsplit("\n", 1)[-1]  # after SETTLED
+                results.append(self._loadgen_result(proc.returncode, last_line, stderr))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.communicate()
+        merged = merge_loadgen_results(results)
+        if server_cpu is not None:
+            merged["server_cpu_s"] = server_cpu
+        return merged
+
+    @staticmethod
+    def _wait_settled(proc, deadline):
+        """Wait for a load generator's SETTLED line; False if it exited."""
+        while True:
+            ready, _, _ = select.select(
+                [proc.stdout], [], [], max(0, deadline - time.monotonic())
+            )
+            if not ready:
+                raise HarnessError("loadgen did not settle in time")
+            return proc.stdout.readline().strip() == "SETTLED"
 
     def run_wrk(self, target, conc, seconds):
         """Drive an HTTP workload with wrk; same result keys as loadgen."""
@@ -663,7 +952,7 @@ class Bench:
         cpu_before = process.cpu_seconds()
         result = self.run_client(target, conc, self.settings.duration)
         # loadgen starts the clock once every keep-alive connection has been
-        # answered, and reports the server's CPU time at that moment.
+        # answered; run_loadgen reads the server's CPU time at that moment.
         cpu_before = result.get("server_cpu_s", cpu_before)
         process.settle()  # the CPU time includes closing the run's connections
         cpu = process.cpu_seconds() - cpu_before
@@ -685,6 +974,8 @@ class Bench:
             "peak_rss_mib": process.peak_rss_mib(),
             "first_error": result["first_error"],
             "client": result["client"],
+            # Each load generator's CPU time / wall time while timed.
+            "loadgen_cpu": result.get("loadgen_cpu"),
         }
 
     def measure_idle(self, target, conc, rep):
@@ -721,6 +1012,69 @@ class Bench:
             "client": "run.py",
         }
 
+    def measure_fairness(self, target, conns, rep):
+        """Open ``conns`` keep-alive connections at once (non-blocking
+        connects in a burst), echo one line on each (so that every one has
+        been accepted and is being served), then count the connections each
+        worker holds, and close them.  Returns the fairness record."""
+        host, port = target.address.rsplit(":", 1)
+        address, port = (host, int(port)), int(port)
+        line = bytes(ord("a") + i % 26 for i in range(63)) + b"\n"
+        socks, answers = [], 0
+        try:
+            for _ in range(conns):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex(address)
+            for sock in socks:
+                sock.settimeout(self.settings.request_timeout)
+                try:
+                    sock.sendall(line)
+                except OSError:
+                    pass
+            for sock in socks:
+                got = b""
+                try:
+                    while len(got) < len(line):
+                        chunk = sock.recv(len(line) - len(got))
+                        if not chunk:
+                            break
+                        got += chunk
+                except OSError:
+                    pass
+                answers += got == line
+            counts = target.process.connections_per_worker(port)
+        finally:
+            for sock in socks:
+                sock.close()
+        target.process.settle()
+        supervisor = counts.pop(target.process.pid, 0)
+        per_worker = sorted(counts.values())
+        fair = conns / len(per_worker) if per_worker else None
+        return {
+            "server": target.server.name,
+            "workload": target.workload.name,
+            "rep": rep,
+            "connections": conns,
+            "answered": answers,
+            "workers": len(per_worker),
+            "per_worker": per_worker,
+            "held_by_supervisor": supervisor,
+            "fair_share": fair,
+            "min_ratio": per_worker[0] / fair if fair else None,
+            "max_ratio": per_worker[-1] / fair if fair else None,
+        }
+
+    def _fairness_step(self, workload, target):
+        for rep in range(self.settings.reps):
+            self._step(f"{workload.name}: fairness of {target.label} rep {rep + 1}")
+            record = self._guarded(
+                target, self.measure_fairness, target, self.fairness_connections, rep
+            )
+            if record is not None:
+                self.fairness.append(record)
+
     # -- orchestration ---------------------------------------------------
 
     def start_all(self, targets):
@@ -735,7 +1089,7 @@ class Bench:
 
     def stop_all(self, targets):
         for target in targets:
-            if target.server.workers and target.process is not None:
+            if target.server.multiprocess and target.process is not None:
                 self._note_worker_memory(target)
         for target in targets:
             if target.process is not None:
@@ -746,6 +1100,15 @@ class Bench:
         if not memory:
             return
         supervisor = target.process.status().get("VmRSS")
+        self.worker_memory.append(
+            {
+                "server": target.server.name,
+                "workload": target.workload.name,
+                "supervisor_rss_kib": supervisor,
+                "worker_rss_kib": [rss for rss, _ in memory],
+                "worker_private_kib": [own for _, own in memory],
+            }
+        )
         self.notes.append(
             f"{target.label} on {target.workload.name}: supervisor RSS "
             f"{report.format_mib((supervisor or 0) / 1024)} MiB; each worker RSS "
@@ -772,6 +1135,10 @@ class Bench:
                     shift = rep % len(active)
                     for target in active[shift:] + active[:shift]:
                         self._measure_step(workload, target, conc, rep)
+            if self.fairness_connections and workload.name == FAIRNESS_WORKLOAD:
+                for target in targets:
+                    if target.server.multiprocess:
+                        self._fairness_step(workload, target)
         finally:
             self.stop_all(targets)
 
@@ -817,31 +1184,35 @@ class Bench:
 def available_servers():
     """({server name: why it cannot run here}, fastsock engines available)."""
     missing = {}
-    sys.path.insert(0, str(REPO_DIR))
+    checkout = [] if installed_fastsock() else [str(REPO_DIR)]
+    sys.path[:0] = checkout
     try:
         from fastsock import _backend
 
         engines = _backend.available()
     finally:
-        sys.path.remove(str(REPO_DIR))
+        for path in checkout:
+            sys.path.remove(path)
     if "cython" not in engines:
-        missing["fastsock"] = (
-            f"compiled engine not built (fastsock._backend.available() "
-            f"is {engines}); build it with "
-            f"`python setup.py build_ext --inplace`"
-        )
+        for name in ("fastsock", "fastsock-workers", "fastsock-workers-affinity"):
+            missing[name] = (
+                f"compiled engine not built (fastsock._backend.available() "
+                f"is {engines}); build it with "
+                f"`python setup.py build_ext --inplace`"
+            )
     if importlib.util.find_spec("uvloop") is None:
-        missing["uvloop"] = "uvloop is not installed"
+        missing["uvloop"] = missing["uvloop-reuseport"] = "uvloop is not installed"
     return missing, engines
 
 
 def plan(args, skip):
     """[(workload, [Target])] for what the command line selects."""
-    servers = [
-        s
+    wanted = args.server or [
+        s.name
         for s in SERVERS
-        if s.name in (args.server or SERVER_NAMES) and s.name not in skip
+        if not s.multicore_only or getattr(args, "multicore", False)
     ]
+    servers = [s for s in SERVERS if s.name in wanted and s.name not in skip]
     groups = []
     for workload in WORKLOADS:
         if args.workload and workload.name not in args.workload:
@@ -864,7 +1235,7 @@ def plan(args, skip):
         all_concs = tuple(sorted({c for concs in classes.values() for c in concs}))
         targets = []
         for server in servers:
-            if server.workers:
+            if server.multiprocess:
                 targets += multicore_targets(args, server, workload, classes)
             elif not server.reference:
                 targets += [
@@ -887,7 +1258,23 @@ def multicore_targets(args, server, workload, classes):
         concs = (QUICK_CONCURRENCY,)
     if args.concurrency:
         concs = tuple(c for c in concs if c in args.concurrency)
-    return [Target(server, workload, MULTICORE_CLASS, concs)] if concs else []
+    cls = None if server.reference else MULTICORE_CLASS
+    return [Target(server, workload, cls, concs)] if concs else []
+
+
+def placement_text(bench):
+    """Where the multi-process servers and the load generators ran."""
+    cpus = sorted(bench.multicore_cpus)
+    text = f"{bench.workers} workers (or processes) on CPUs {cpus}"
+    if bench.multicore_shared:
+        return text + (
+            ", shared with the load generator (this machine has too few CPUs "
+            "to give it CPUs of its own, or the CPU lists overlap)"
+        )
+    loads = bench.loadgen_cpus
+    if len(loads) > 1:
+        return text + f"; {len(loads)} load generators, one on each of CPUs {loads}"
+    return text + f"; the load generator on CPU {loads[0]}"
 
 
 def multicore_notes(bench, summary):
@@ -895,26 +1282,213 @@ def multicore_notes(bench, summary):
     notes = []
     if not any(key[2] == "fastsock-workers" for key in summary):
         return notes
-    cpus = sorted(bench.multicore_cpus)
-    notes.append(
-        f"fastsock workers: {len(cpus)} workers on CPUs {cpus}"
-        + (
-            ", shared with the load generator (this machine has too few CPUs "
-            "to give it CPUs of its own)"
-            if bench.multicore_shared
-            else f"; the load generator on CPU {bench.pinning[1]}"
-        )
-    )
+    notes.append(f"fastsock workers: {placement_text(bench)}")
     for (workload, cls, server, conc), entry in summary.items():
         one = summary.get((workload, cls, "fastsock", conc))
         if server == "fastsock-workers" and one and one["rps"] and entry["rps"]:
             notes.append(
-                f"{workload} {cls} c={conc}: {len(cpus)} workers "
+                f"{workload} {cls} c={conc}: {bench.workers} workers "
                 f"{report.format_rate(entry['rps'])} req/s, one process "
                 f"{report.format_rate(one['rps'])}: "
                 f"×{report.format_ratio(entry['rps'] / one['rps'])}"
             )
     return notes
+
+
+# Issue 11's targets for workers=8 against one pinned process, by workload.
+MULTICORE_TARGETS = {"tcp-keepalive": 6.0, "tcp-cpr": 5.0}
+UVLOOP_AIM = 0.9  # of uvloop as N processes on the same CPUs
+FAIR_RANGE = (0.5, 1.5)  # of its fair share, for every worker
+
+
+def _ratio(entry, base):
+    if entry and base and entry["rps"] and base["rps"]:
+        return entry["rps"] / base["rps"]
+    return None
+
+
+def _loadgen_busiest(samples, key):
+    """The highest CPU use of any load generator in the samples of ``key``."""
+    uses = [
+        use
+        for s in samples
+        if (s["workload"], s["cls"], s["server"], s["conc"]) == key
+        for use in (s.get("loadgen_cpu") or [])
+        if use is not None
+    ]
+    return max(uses) if uses else None
+
+
+def multicore_section(bench, summary):
+    """The multi-core section of the report, as markdown lines: throughput
+    with the ratios to one pinned process and to uvloop as N processes,
+    the load generators' CPU use, the targets of issue 11, fairness and
+    the workers' memory.  Empty when no multi-process server ran."""
+    if not any(BY_SERVER[key[2]].multiprocess for key in summary):
+        return []
+    n = bench.workers
+    single = bench.pinning[0] if bench.pinning else "-"
+    lines = [
+        f"Placement: single-process servers on CPU {single}"
+        f"; {placement_text(bench)}.",
+        "",
+        f"| workload | conc | server | req/s | ×fastsock 1 process (pinned) "
+        f"| ×uvloop {n} processes "
+        "| CPU µs/req | busiest load generator CPU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    verdicts, busy = [], []
+    cases = sorted(
+        {(w, c) for (w, _, _, c) in summary if w in MULTICORE},
+        key=lambda wc: (list(MULTICORE).index(wc[0]), wc[1]),
+    )
+    for workload, conc in cases:
+        one = summary.get((workload, MULTICORE_CLASS, "fastsock", conc))
+        uv = summary.get((workload, None, "uvloop-reuseport", conc))
+        for name in MULTICORE_SERVERS:
+            cls = None if BY_SERVER[name].reference else MULTICORE_CLASS
+            key = (workload, cls, name, conc)
+            entry = summary.get(key)
+            if entry is None:
+                continue
+            vs_one, vs_uv = _ratio(entry, one), _ratio(entry, uv)
+            use = _loadgen_busiest(bench.samples, key)
+            if use is not None and use >= LOADGEN_BUSY:
+                busy.append(f"{workload} c={conc} {name}")
+            label = report.SERVER_LABELS[name].replace(" N ", f" {n} ")
+            lines.append(
+                f"| {workload} | {conc} | {label} "
+                f"| {report.format_rate(entry['rps'])}"
+                + (f" !{entry['errors']}" if entry["errors"] else "")
+                + f" | {'-' if vs_one is None else report.format_ratio(vs_one)}"
+                f" | {'-' if vs_uv is None else report.format_ratio(vs_uv)}"
+                f" | {report._number(entry['cpu_us_per_req'], 1)}"
+                f" | {'-' if use is None else f'{use:.0%}'} |"
+            )
+            if not BY_SERVER[name].workers:
+                continue
+            goal = MULTICORE_TARGETS.get(workload)
+            if goal and vs_one is not None:
+                verdicts.append(
+                    f"{workload} c={conc} {name}: ×{report.format_ratio(vs_one)} "
+                    f"one pinned process (target ≥ {goal:g}× with 8 workers): "
+                    + ("met" if vs_one >= goal else "NOT met")
+                )
+            if vs_uv is not None:
+                verdicts.append(
+                    f"{workload} c={conc} {name}: ×{report.format_ratio(vs_uv)} "
+                    f"uvloop as {n} processes (aim ≥ {UVLOOP_AIM:g}×): "
+                    + ("met" if vs_uv >= UVLOOP_AIM else "NOT met")
+                )
+    lines += [
+        "",
+        "Ratios are of medians from this run.  Load generator CPU: CPU time over "
+        "wall time while timed, of the busiest load generator process (at 100% "
+        "it, not the server, may be the limit).",
+        "",
+    ]
+    if busy:
+        lines += [
+            f"**The load generator was busy (≥ {LOADGEN_BUSY:.0%} of a CPU) in: "
+            + ", ".join(busy)
+            + ".**  Give it more CPUs (--loadgen-cpus) for those rows.",
+            "",
+        ]
+    else:
+        lines += [
+            f"No load generator was busier than {LOADGEN_BUSY:.0%} of its CPU.",
+            "",
+        ]
+    if bench.multicore_shared:
+        lines += [
+            "The servers shared their CPUs with the load generator: the targets "
+            "below are for a machine with CPUs for each (issue 11: at least 12).",
+            "",
+        ]
+    if verdicts:
+        lines += ["Targets (issue 11):", "", *(f"- {v}" for v in verdicts), ""]
+    lines += fairness_lines(bench.fairness) + memory_lines(bench.worker_memory)
+    return lines
+
+
+def fairness_lines(records):
+    """Markdown table of the fairness bursts: connections per worker."""
+    if not records:
+        return []
+    lines = [
+        "Fairness: keep-alive connections opened at once, each answered once, "
+        "then counted per worker (the supervisor's own count in brackets when "
+        f"not 0); every worker should hold {FAIR_RANGE[0]}× to {FAIR_RANGE[1]}× "
+        "its fair share.",
+        "",
+        "| server | rep | connections | workers | fair share | per worker "
+        "| min/fair | max/fair | within |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        within = (
+            r["min_ratio"] is not None
+            and FAIR_RANGE[0] <= r["min_ratio"]
+            and r["max_ratio"] <= FAIR_RANGE[1]
+            and r["answered"] == r["connections"]
+        )
+        held = r["held_by_supervisor"]
+        lines.append(
+            f"| {r['server']} | {r['rep'] + 1} | {r['answered']}/{r['connections']} "
+            f"| {r['workers']} | {r['fair_share'] or 0:.1f} "
+            f"| {' '.join(map(str, r['per_worker']))}"
+            + (f" [{held}]" if held else "")
+            + f" | {r['min_ratio'] or 0:.2f} | {r['max_ratio'] or 0:.2f} "
+            f"| {'yes' if within else 'NO'} |"
+        )
+    return lines + [""]
+
+
+def memory_lines(records):
+    """Markdown lines: RSS per extra worker (medians over the workloads)."""
+    lines = []
+    by_server = {}
+    for r in records:
+        by_server.setdefault(r["server"], []).append(r)
+    for server, recs in by_server.items():
+        rss = [kib for r in recs for kib in r["worker_rss_kib"]]
+        own = [kib for r in recs for kib in r["worker_private_kib"]]
+        sup = [r["supervisor_rss_kib"] for r in recs if r["supervisor_rss_kib"]]
+        if not rss:
+            continue
+        lines.append(
+            f"- {server}: each extra worker RSS median "
+            f"{report.format_mib(statistics.median(rss) / 1024)} MiB, of which "
+            f"its own (private, not shared copy-on-write) "
+            f"{report.format_mib(statistics.median(own) / 1024)} MiB"
+            + (
+                f"; supervisor (or parent) RSS "
+                f"{report.format_mib(statistics.median(sup) / 1024)} MiB"
+                if sup
+                else ""
+            )
+            + f" ({len(recs)} servers, {len(rss)} workers)"
+        )
+    return (["Memory per worker:", "", *lines, ""]) if lines else []
+
+
+def estimate_seconds(groups, settings, fairness_connections):
+    """About how long running ``groups`` takes: the timed runs plus what
+    each costs around them (starting servers, checks, settling)."""
+    total = 0.0
+    for workload, targets in groups:
+        total += 3 + 0.5 * len(targets)  # start, check, stop
+        for target in targets:
+            runs = len(target.concs)
+            total += runs * (settings.warmup + 0.5)
+            total += runs * settings.reps * (settings.duration + 0.5)
+            if (
+                fairness_connections
+                and workload.name == FAIRNESS_WORKLOAD
+                and target.server.multiprocess
+            ):
+                total += settings.reps * 1.5
+    return total
 
 
 def git_commit():
@@ -926,6 +1500,8 @@ def git_commit():
             text=True,
         ).stdout.strip()
 
+    if os.environ.get("FASTSOCK_BENCH_COMMIT"):  # a copy without .git (device)
+        return os.environ["FASTSOCK_BENCH_COMMIT"]
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     if git("status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
@@ -1016,6 +1592,54 @@ def parse_args(argv):
         "process (see workloads.MULTICORE)",
     )
     parser.add_argument(
+        "--server-cpus",
+        type=parse_cpu_list,
+        metavar="LIST",
+        help="CPUs for the servers, e.g. 0-7: multi-process servers run one "
+        "process per CPU, single-process ones on the first (default: every "
+        "CPU not given to the load generator)",
+    )
+    parser.add_argument(
+        "--loadgen-cpus",
+        type=parse_cpu_list,
+        metavar="LIST",
+        help="CPUs for the load generator, e.g. 8-15: one load generator "
+        "process per CPU, pinned to it, the connections split among them "
+        "(default: every CPU not given to servers)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes of the multi-process servers (default: one per server CPU)",
+    )
+    parser.add_argument(
+        "--fairness-connections",
+        type=int,
+        metavar="N",
+        help=f"with --multicore: keep-alive connections opened at once to "
+        f"count connections per worker (default {FAIRNESS_CONNECTIONS}; 0: "
+        f"do not measure)",
+    )
+    parser.add_argument(
+        "--installed-fastsock",
+        action="store_true",
+        help="measure the fastsock installed for this Python, not the checkout's",
+    )
+    parser.add_argument(
+        "--prebuilt-bin",
+        type=Path,
+        metavar="DIR",
+        help="static builds of loadgen and echo_server in DIR "
+        "(python bench/_build.py --static --bin-dir DIR ...), used instead "
+        "of compiling",
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="print what would run and about how long it takes, and exit",
+    )
+    parser.add_argument(
         "--list", action="store_true", help="list what can be run and exit"
     )
     return parser.parse_args(argv)
@@ -1044,7 +1668,9 @@ def make_settings(args):
     )
 
 
-def describe_run(argv, settings, pinning, engines, load_before, wall_s, notes):
+def describe_run(
+    argv, settings, pinning, engines, load_before, wall_s, notes, bench=None
+):
     """The facts a reader needs to judge the numbers (meta of the JSON)."""
     clients = "loadgen (bench/loadgen.c: epoll, closed loop, checks every byte)"
     if settings.http_client == "wrk":
@@ -1065,7 +1691,14 @@ def describe_run(argv, settings, pinning, engines, load_before, wall_s, notes):
             f"servers pinned to CPU {pinning[0]}, load generator to CPU {pinning[1]}"
             if pinning
             else "no pinning (fewer than 2 CPUs)"
+        )
+        + (
+            f"; multi-process servers: {placement_text(bench)}"
+            if bench is not None
+            and any(BY_SERVER[x["server"]].multiprocess for x in bench.samples)
+            else ""
         ),
+        "fastsock": fastsock_origin(),
         "clients": clients,
         "settings": {
             "duration_s": settings.duration,
@@ -1078,6 +1711,14 @@ def describe_run(argv, settings, pinning, engines, load_before, wall_s, notes):
         "wall_s": wall_s,
         "notes": notes,
     }
+
+
+def fastsock_origin():
+    """Which fastsock the servers import: the checkout, or an installed one."""
+    if not installed_fastsock():
+        return f"the checkout ({REPO_DIR / 'fastsock'})"
+    spec = importlib.util.find_spec("fastsock")
+    return f"installed: {spec.origin if spec else 'not found'}"
 
 
 def print_report(summary, failures, notes):
@@ -1133,8 +1774,10 @@ def main(argv=None):
         print_list()
         return 0
     settings = make_settings(args)
+    if args.installed_fastsock:
+        os.environ["FASTSOCK_BENCH_INSTALLED"] = "1"  # the servers inherit it
     if args.multicore:
-        args.server = args.server or ["fastsock", "fastsock-workers"]
+        args.server = args.server or list(MULTICORE_SERVERS)
         args.cls = args.cls or [MULTICORE_CLASS]
         args.workload = args.workload or list(MULTICORE)
         if not args.quick:  # quick: both at QUICK_CONCURRENCY
@@ -1159,14 +1802,54 @@ def main(argv=None):
             "nothing to run: the filters select no server and workload", file=sys.stderr
         )
         return 2
-    pinning = cpus_for_pinning()
-    if pinning:
+    server_cpus = loadgen_cpus = None
+    if args.server_cpus or args.loadgen_cpus:
+        try:
+            server_cpus, loadgen_cpus = explicit_placement(
+                args.server_cpus, args.loadgen_cpus
+            )
+        except HarnessError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        pinning = (server_cpus[0], loadgen_cpus[0])
+    else:
+        pinning = cpus_for_pinning()
+    fairness = args.fairness_connections
+    if fairness is None:
+        fairness = FAIRNESS_CONNECTIONS if args.multicore and not args.quick else 0
+    if fairness and fairness < 1:
+        fairness = 0
+    estimate = estimate_seconds(groups, settings, fairness)
+    print(
+        f"plan: {sum(len(t) for _, t in groups)} servers on "
+        f"{len(groups)} workloads, "
+        f"{sum(len(t.concs) for _, ts in groups for t in ts) * settings.reps} "
+        f"measurements of {settings.duration:g} s; estimated {estimate:.0f} s",
+        file=sys.stderr,
+    )
+    if args.estimate:
+        for workload, targets in groups:
+            for t in targets:
+                print(f"  {workload.name:14} {t.label:40} c={list(t.concs)}")
+        print(f"estimated {estimate:.0f} s")
+        return 0
+    if loadgen_cpus:
+        os.sched_setaffinity(0, set(loadgen_cpus))  # the load generators inherit it
+    elif pinning:
         os.sched_setaffinity(0, {pinning[1]})  # the load generators inherit it
     try:
-        bench = Bench(settings, pinning)
+        bench = Bench(
+            settings,
+            pinning,
+            server_cpus=server_cpus,
+            loadgen_cpus=loadgen_cpus,
+            workers=args.workers,
+            prebuilt_bin=args.prebuilt_bin,
+        )
     except BuildError as exc:
         print(f"cannot build the load generator: {exc}", file=sys.stderr)
         return 2
+    bench.fairness_connections = fairness
 
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -1192,8 +1875,16 @@ def main(argv=None):
     wall_s = round(time.monotonic() - started, 1)
     summary = report.summarize(bench.samples)
     notes += multicore_notes(bench, summary) + bench.notes
-    meta = describe_run(argv, settings, pinning, engines, load_before, wall_s, notes)
+    meta = describe_run(
+        argv, settings, pinning, engines, load_before, wall_s, notes, bench
+    )
+    meta["estimate_s"] = round(estimate)
+    meta["multicore"] = multicore_section(bench, summary)
+    meta["fairness"] = bench.fairness
+    meta["worker_memory"] = bench.worker_memory
     print_report(summary, bench.failures, notes)
+    if meta["multicore"]:
+        print("\nMulti-core\n\n" + "\n".join(meta["multicore"]))
     written = write_outputs(meta, bench, summary, args.out, name, results_path)
     print(f"\n{wall_s:.0f} s; wrote " + ", ".join(map(str, written)))
     return 1 if bench.failures else 0

@@ -19,7 +19,17 @@ the pure one), and the engine actually running is reported so the benchmark
 can check it measured what it claims.
 
 ``--workers N`` (fastsock only) serves with N worker processes
-(``workers = N``), as the multi-core section of the benchmark does.
+(``workers = N``), as the multi-core section of the benchmark does;
+``--worker-cpu-affinity`` adds ``worker_cpu_affinity = True`` (each worker
+pinned to one of the CPUs this process may use).  ``--copies N`` (asyncio,
+uvloop; TCP) runs N copies of the reference server in child processes, each
+with its own ``SO_REUSEPORT`` listener on the same port and pinned to one of
+the CPUs this process may use: the usual way to give an event loop every
+core, against which the workers are compared.
+
+By default the checkout's fastsock is imported (bench/ measures the
+checkout it is in); with ``FASTSOCK_BENCH_INSTALLED=1`` in the environment,
+the one installed for this interpreter (``run.py --installed-fastsock``).
 
 Once listening, the process prints ``READY ADDRESS ENGINE`` on stdout and
 serves until it is killed.
@@ -28,11 +38,14 @@ serves until it is killed.
 import argparse
 import importlib
 import os
+import socket
 import sys
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-# Benchmark the checkout this file is in, not some installed copy.
-sys.path.insert(1, os.path.dirname(BENCH_DIR))
+# Benchmark the checkout this file is in, not some installed copy, unless
+# asked to measure the installed one.
+if os.environ.get("FASTSOCK_BENCH_INSTALLED", "") in ("", "0"):
+    sys.path.insert(1, os.path.dirname(BENCH_DIR))
 
 from workloads import BY_NAME
 
@@ -124,7 +137,9 @@ def format_address(address):
     return address if isinstance(address, str) else f"{address[0]}:{address[1]}"
 
 
-def serve_socketserver(module_name, workload, class_name, address, workers=None):
+def serve_socketserver(
+    module_name, workload, class_name, address, workers=None, worker_cpu_affinity=False
+):
     socketserver = importlib.import_module(module_name)
     sys.modules["socketserver"] = socketserver
     httpserver = http_server_module(module_name)
@@ -139,6 +154,10 @@ def serve_socketserver(module_name, workload, class_name, address, workers=None)
     attributes = {"request_queue_size": LISTEN_BACKLOG}
     if workers:
         attributes["workers"] = workers
+    if worker_cpu_affinity:
+        if not hasattr(base, "worker_cpu_affinity"):
+            raise RuntimeError(f"{module_name} has no worker_cpu_affinity")
+        attributes["worker_cpu_affinity"] = True
     server_class = type(class_name, (base,), attributes)
     server = server_class(parse_address(workload, address), handler)
     engine = getattr(socketserver, "BACKEND", "stdlib")
@@ -146,7 +165,9 @@ def serve_socketserver(module_name, workload, class_name, address, workers=None)
     server.serve_forever()
 
 
-def serve_asyncio(module_name, workload, address):
+def serve_asyncio(module_name, workload, address, reuse_port=False, ready=None):
+    """Serve with asyncio or uvloop; ``ready(address)`` is called once
+    listening (default: print the READY line)."""
     import asyncio
 
     class Echo(asyncio.Protocol):
@@ -190,11 +211,61 @@ def serve_asyncio(module_name, workload, address):
         if workload.transport == "unix":
             start = loop.create_unix_server(protocol, target, backlog=LISTEN_BACKLOG)
         else:
-            start = loop.create_server(protocol, *target, backlog=LISTEN_BACKLOG)
+            start = loop.create_server(
+                protocol,
+                *target,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=reuse_port or None,
+            )
         server = loop.run_until_complete(start)
         bound = server.sockets[0].getsockname()
-    print("READY", format_address(bound), module_name, flush=True)
+    if ready is None:
+        print("READY", format_address(bound), module_name, flush=True)
+    else:
+        ready(bound)
     loop.run_forever()
+
+
+def serve_asyncio_copies(module_name, workload, address, copies):
+    """``copies`` reference servers in child processes sharing one port
+    with SO_REUSEPORT, child i pinned to the i-th CPU this process may use
+    (modulo their number).  This process prints READY once every child
+    listens, then waits; it exits when any child does."""
+    if workload.transport != "tcp":
+        raise RuntimeError("--copies serves TCP workloads only")
+    host, port = parse_address(workload, address)
+    # Bound, never listening: it only reserves the port for the children.
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind((host, port))
+    port = holder.getsockname()[1]
+    cpus = sorted(os.sched_getaffinity(0))
+    ready_r, ready_w = os.pipe()
+    for index in range(copies):
+        if os.fork() == 0:
+            try:
+                os.close(ready_r)
+                holder.close()
+                os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+                serve_asyncio(
+                    module_name,
+                    workload,
+                    f"{host}:{port}",
+                    reuse_port=True,
+                    ready=lambda _: os.write(ready_w, b"+"),
+                )
+            finally:
+                os._exit(1)
+    os.close(ready_w)
+    listening = 0
+    while listening < copies:
+        got = os.read(ready_r, copies)
+        if not got:
+            raise RuntimeError("a copy exited before listening")
+        listening += len(got)
+    print("READY", f"{host}:{port}", module_name, flush=True)
+    pid, status = os.wait()
+    raise SystemExit(f"copy {pid} exited (wait status {status})")
 
 
 def main(argv=None):
@@ -206,16 +277,36 @@ def main(argv=None):
     parser.add_argument("address")
     parser.add_argument("--cls", help="server class (socketserver-style modules)")
     parser.add_argument("--workers", type=int, help="worker processes (fastsock)")
+    parser.add_argument(
+        "--worker-cpu-affinity",
+        action="store_true",
+        help="pin each worker to a CPU (fastsock, with --workers)",
+    )
+    parser.add_argument(
+        "--copies",
+        type=int,
+        help="processes with SO_REUSEPORT listeners (asyncio, uvloop)",
+    )
     args = parser.parse_args(argv)
     workload = BY_NAME[args.workload]
     if args.module in ("asyncio", "uvloop"):
-        serve_asyncio(args.module, workload, args.address)
+        if args.copies and args.copies > 1:
+            serve_asyncio_copies(args.module, workload, args.address, args.copies)
+        else:
+            serve_asyncio(args.module, workload, args.address)
     else:
         if args.cls not in workload.classes:
             parser.error(f"--cls must be one of {', '.join(workload.classes)}")
         if args.workers and args.module != "fastsock":
             parser.error("--workers needs the fastsock module")
-        serve_socketserver(args.module, workload, args.cls, args.address, args.workers)
+        serve_socketserver(
+            args.module,
+            workload,
+            args.cls,
+            args.address,
+            args.workers,
+            args.worker_cpu_affinity,
+        )
 
 
 if __name__ == "__main__":

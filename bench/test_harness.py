@@ -396,3 +396,136 @@ def test_command_line_run_writes_table_json_and_report(tmp_path):
     assert all(s["errors"] == 0 and s["requests"] > 0 for s in data["samples"])
     assert data["failures"] == []
     assert "| udp | UDPServer | 1 |" in results.read_text()
+
+
+def test_cpu_lists_and_even_splits():
+    assert run.parse_cpu_list("0-3,8") == [0, 1, 2, 3, 8]
+    assert run.parse_cpu_list("5") == [5]
+    for bad in ("", "3-1", "a", "1-"):
+        with pytest.raises(Exception):
+            run.parse_cpu_list(bad)
+    assert run.split_evenly(64, 8) == [8] * 8
+    assert run.split_evenly(10, 3) == [4, 3, 3]
+    assert run.split_evenly(1, 8) == [1]  # no load generator without connections
+
+
+def test_merged_results_sum_the_load_generators():
+    def result(requests, p50, p99, errors=0, first=""):
+        return {
+            "requests": requests,
+            "errors": errors,
+            "late": 0,
+            "elapsed_s": 1.0,
+            "rps": float(requests),
+            "p50_us": p50,
+            "p99_us": p99,
+            "settle_ms": 1.0,
+            "loadgen_cpu_s": 0.5,
+            "errors_by_kind": {"reset": errors} if errors else {},
+            "first_error": first,
+            "client": "loadgen",
+        }
+
+    merged = run.merge_loadgen_results(
+        [result(300, 10.0, 40.0), result(100, 30.0, 90.0, errors=2, first="x")]
+    )
+    assert merged["requests"] == 400 and merged["rps"] == 400
+    assert merged["errors"] == 2 and merged["errors_by_kind"] == {"reset": 2}
+    assert merged["first_error"] == "x"
+    assert merged["p50_us"] == pytest.approx(15.0)  # weighted by requests
+    assert merged["p99_us"] == 90.0
+    assert merged["loadgen_processes"] == 2
+    assert merged["loadgen_cpu"] == [0.5, 0.5]
+
+
+def test_connections_are_split_over_several_load_generators(bench):
+    """One load generator per load CPU (here twice the same CPU, which any
+    machine has): every answer still checked, their counts summed."""
+    cpu = min(os.sched_getaffinity(0))
+    bench.loadgen_cpus = [cpu, cpu]
+    target = start_echo_server(bench, "stream")
+    try:
+        result = bench.run_loadgen(target, conc=8, seconds=5, max_requests=500)
+    finally:
+        target.process.stop()
+    assert result["errors"] == 0, result["first_error"]
+    assert result["requests"] >= 500
+    assert result["loadgen_processes"] == 2
+    assert all(0 <= use <= 2 for use in result["loadgen_cpu"])
+    assert result["server_cpu_s"] >= 0  # read when both had settled
+
+
+def test_copies_share_a_port_and_connections_are_counted_per_process(bench):
+    """The reference servers as N processes with SO_REUSEPORT listeners
+    (here asyncio: uvloop may be missing), and the fairness count: every
+    connection of a burst is found in exactly one copy."""
+    copies = run.Server("asyncio", "asyncio", "asyncio", reference=True, copies=True)
+    target = run.Target(copies, BY_NAME["tcp-keepalive"], None, (16,))
+    bench.workers = 2
+    bench.start(target)
+    try:
+        bench.wait_ready(target)
+        assert len(target.process.worker_pids()) == 2
+        record = bench.measure_fairness(target, 24, rep=0)
+    finally:
+        target.process.stop()
+    assert record["answered"] == 24
+    assert record["workers"] == 2
+    assert sum(record["per_worker"]) == 24
+    assert record["held_by_supervisor"] == 0
+    assert record["fair_share"] == 12
+
+
+@pytest.mark.skipif(
+    "cython" not in run.available_servers()[1], reason="compiled engine not built"
+)
+def test_multicore_command_line_reports_ratios_and_fairness(tmp_path):
+    """A tiny --multicore run with explicit placement, in its own process."""
+    cpus = sorted(os.sched_getaffinity(0))
+    load = cpus[-1]
+    results = tmp_path / "multicore.md"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(run.BENCH_DIR / "run.py"),
+            "--multicore",
+            "--workload",
+            "tcp-keepalive",
+            "--concurrency",
+            "64",
+            "--server",
+            "fastsock",
+            "--server",
+            "fastsock-workers",
+            "--server-cpus",
+            str(cpus[0]),
+            "--loadgen-cpus",
+            str(load),
+            "--workers",
+            "2",
+            "--fairness-connections",
+            "16",
+            "--duration",
+            "0.1",
+            "--reps",
+            "1",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    data = json.loads((tmp_path / "partial.json").read_text())
+    assert {s["server"] for s in data["samples"]} == {"fastsock", "fastsock-workers"}
+    assert all(len(s["loadgen_cpu"]) == 1 for s in data["samples"])
+    [fair] = data["meta"]["fairness"]
+    assert fair["workers"] == 2 and sum(fair["per_worker"]) == 16
+    text = results.read_text()
+    assert "## Multi-core" in text and "| fastsock-workers | 1 | 16/16 | 2 |" in text
