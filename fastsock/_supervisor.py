@@ -603,6 +603,7 @@ class Supervisor:
             for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(name, None)
             server.worker_index = index
+            server._listener_shared = True  # for the engine (_backend)
             if self._cpus:
                 os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
             _watch_supervisor(server, life_fd)
