@@ -21,6 +21,7 @@ SERVER_LABELS = {
     "fastsock": "fastsock",
     "fastsock-pure": "fastsock pure",
     "fastsock-workers": "fastsock workers",
+    "fastsock-pure-workers": "fastsock pure workers",
     "asyncio": "asyncio",
     "uvloop": "uvloop",
     "ceiling": "C ceiling",

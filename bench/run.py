@@ -20,7 +20,10 @@ The multi-core section: the server ``fastsock-workers`` is fastsock with
 generator's; on a machine with fewer than 3 CPUs, all of them, shared with
 the load generator, which the run's notes then say), measured against the
 single-process ``fastsock`` on ThreadingTCPServer for the workloads and
-concurrencies of ``workloads.MULTICORE``.  Its CPU time is the supervisor's
+concurrencies of ``workloads.MULTICORE``.  ``fastsock-pure-workers`` is the
+same with the pure-Python engine, against ``fastsock-pure``; it runs only
+when named (``--multicore --server fastsock-pure --server
+fastsock-pure-workers``).  Its CPU time is the supervisor's
 and its workers'; the notes give each worker's memory (RSS, and the part of
 it that is its own: private pages, not shared copy-on-write with the
 supervisor) and the ratio to one process.
@@ -80,6 +83,8 @@ class Server:
     reference: bool = False
     # Serves with one worker process per server CPU (the multi-core section).
     workers: bool = False
+    # Runs only when named with --server.
+    opt_in: bool = False
 
 
 SERVERS = [
@@ -87,11 +92,14 @@ SERVERS = [
     Server("fastsock", "fastsock", "cython"),
     Server("fastsock-pure", "fastsock", "python"),
     Server("fastsock-workers", "fastsock", "cython", workers=True),
+    Server("fastsock-pure-workers", "fastsock", "python", workers=True,
+           opt_in=True),
     Server("asyncio", "asyncio", "asyncio", reference=True),
     Server("uvloop", "uvloop", "uvloop", reference=True),
     Server("ceiling", None, None, reference=True),
 ]
 SERVER_NAMES = [s.name for s in SERVERS]
+DEFAULT_SERVER_NAMES = [s.name for s in SERVERS if not s.opt_in]
 
 
 @dataclass
@@ -840,7 +848,7 @@ def plan(args, skip):
     servers = [
         s
         for s in SERVERS
-        if s.name in (args.server or SERVER_NAMES) and s.name not in skip
+        if s.name in (args.server or DEFAULT_SERVER_NAMES) and s.name not in skip
     ]
     groups = []
     for workload in WORKLOADS:
@@ -893,7 +901,15 @@ def multicore_targets(args, server, workload, classes):
 def multicore_notes(bench, summary):
     """What a reader of the multi-core section needs: placement, ratios."""
     notes = []
-    if not any(key[2] == "fastsock-workers" for key in summary):
+    # Each server with workers, and the single process it is measured
+    # against (the same module and engine).
+    single = {
+        s.name: next(o.name for o in SERVERS
+                     if (o.module, o.engine, o.workers)
+                     == (s.module, s.engine, False))
+        for s in SERVERS if s.workers
+    }
+    if not any(key[2] in single for key in summary):
         return notes
     cpus = sorted(bench.multicore_cpus)
     notes.append(
@@ -906,10 +922,12 @@ def multicore_notes(bench, summary):
         )
     )
     for (workload, cls, server, conc), entry in summary.items():
-        one = summary.get((workload, cls, "fastsock", conc))
-        if server == "fastsock-workers" and one and one["rps"] and entry["rps"]:
+        if server not in single:
+            continue
+        one = summary.get((workload, cls, single[server], conc))
+        if one and one["rps"] and entry["rps"]:
             notes.append(
-                f"{workload} {cls} c={conc}: {len(cpus)} workers "
+                f"{workload} {cls} c={conc}: {server}: {len(cpus)} workers "
                 f"{report.format_rate(entry['rps'])} req/s, one process "
                 f"{report.format_rate(one['rps'])}: "
                 f"×{report.format_ratio(entry['rps'] / one['rps'])}"
@@ -1027,7 +1045,9 @@ def print_list():
         print(f"  {w.name:18} {w.title}")
         for cls, concs in w.classes.items():
             print(f"  {'':18}   {cls}: {', '.join(map(str, concs))}")
-    print("Servers:", ", ".join(SERVER_NAMES))
+    print("Servers:", ", ".join(DEFAULT_SERVER_NAMES))
+    print("Named only (--server):",
+          ", ".join(s.name for s in SERVERS if s.opt_in))
 
 
 def make_settings(args):
