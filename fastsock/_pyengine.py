@@ -99,7 +99,7 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
                         fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
                     self._exclusive = True
                     return
-                except OSError as exc:  # refused: wake as poll() would
+                except OSError as exc:  # refused: watched as any other
                     if exc.errno != errno.EINVAL:
                         raise
             self._epoll.register(fd, select.EPOLLIN)

@@ -46,7 +46,6 @@
 #  ifndef EPOLLEXCLUSIVE  /* C library headers older than the kernel's */
 #    define EPOLLEXCLUSIVE (1u << 28)
 #  endif
-#  define FS_EXCLUSIVE_WAKE 1
 #elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__NetBSD__) \
     || defined(__OpenBSD__) || defined(__DragonFly__)
 #  define FS_KQUEUE 1
@@ -88,13 +87,6 @@ typedef struct {
     int shared;     /* listen_fd is shared with sibling processes' pollers */
     int exclusive;  /* and watched with EPOLLEXCLUSIVE */
 } fs_poller;
-
-/* Whether this build can wake one sibling per connection (see above). */
-#if defined(FS_EXCLUSIVE_WAKE)
-#  define FS_HAVE_EXCLUSIVE_WAKE 1
-#else
-#  define FS_HAVE_EXCLUSIVE_WAKE 0
-#endif
 
 static inline int fs_set_cloexec_nonblock(int fd, int nonblock)
 {
@@ -138,7 +130,7 @@ static inline int fs_poller_watch(fs_poller *p, int fd, int on)
         }
         if (errno != EINVAL)
             return -errno;
-        ev.events = EPOLLIN;  /* refused (not a socket?): wake as before */
+        ev.events = EPOLLIN;  /* refused: watched as any other */
     }
     if (epoll_ctl(p->poll_fd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &ev) < 0)
         return -errno;

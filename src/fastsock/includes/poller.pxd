@@ -10,12 +10,10 @@ cdef extern from "poller.h" nogil:
     const int FS_WOKEN
     const int FS_ACCEPT_INHERITS_NONBLOCK
     const int FS_ABSTRACT_UNIX_NAMES
-    const int FS_HAVE_EXCLUSIVE_WAKE
 
     ctypedef struct fs_poller:
         int listen_fd
         int listening
-        int exclusive
 
     void fs_poller_init(fs_poller *p)
     int fs_poller_open(fs_poller *p, int listen_fd, int shared)
