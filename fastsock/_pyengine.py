@@ -82,12 +82,14 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
         """A _Waiter for a loop whose listener (``listener_fd``) sibling
         processes wait on too: epoll, the listener watched with
         EPOLLEXCLUSIVE (added, never modified: pausing removes it and adds
-        it back)."""
+        it back), and put last in the wake-up order after it woke this
+        loop, as includes/poller.h does."""
 
         def __init__(self, listener_fd):
             self._epoll = select.epoll()
             self._listener_fd = listener_fd
             self._exclusive = False  # the listener is watched exclusively
+            self._rotate = False  # it woke this loop: put it last
             # Looks at the listener alone, after a timed-out wait.
             self._peek = select.poll()
             self._peek.register(listener_fd, select.POLLIN)
@@ -110,10 +112,15 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
             self._epoll.unregister(fd)
 
         def wait(self, ms):
+            listener = self._listener_fd
+            if self._rotate and self._exclusive:
+                self.remove(listener)
+                self.add(listener)
             ready = self._epoll.poll(-1 if ms is None else ms / 1000)
             if not ready and self._exclusive and self._peek.poll(0):
                 # A wake-up a sibling took and did not act on.
-                return [(self._listener_fd, select.EPOLLIN)]
+                ready = [(listener, select.EPOLLIN)]
+            self._rotate = any(fd == listener for fd, _ in ready)
             return ready
 
         def close(self):

@@ -15,7 +15,11 @@
  * in which a thread is waiting, not all of them.  A poller whose thread is
  * busy elsewhere does not count as woken (the kernel only notes the event
  * on its ready list) and the wake-up goes on to the next one, so a worker
- * stuck in a request does not hold connections back.  kqueue and poll()
+ * stuck in a request does not hold connections back.  The kernel offers
+ * each wake-up to the pollers in the order they added the listener: a
+ * poller that the listener woke takes it out and adds it back before its
+ * next wait, which puts it last, so that idle siblings take connections
+ * in turn rather than the first one taking them all.  kqueue and poll()
  * have no such flag: every sibling wakes, and all but one find nothing to
  * accept (the listener is non-blocking for that).
  *
@@ -86,6 +90,7 @@ typedef struct {
     int listening;  /* whether listen_fd is watched */
     int shared;     /* listen_fd is shared with sibling processes' pollers */
     int exclusive;  /* and watched with EPOLLEXCLUSIVE */
+    int rotate;     /* the listener woke it: put it last before waiting */
 } fs_poller;
 
 static inline int fs_set_cloexec_nonblock(int fd, int nonblock)
@@ -148,7 +153,7 @@ static inline int fs_poller_watch(fs_poller *p, int fd, int on)
 static inline void fs_poller_init(fs_poller *p)
 {
     p->poll_fd = p->wake_r = p->wake_w = p->listen_fd = -1;
-    p->listening = p->shared = p->exclusive = 0;
+    p->listening = p->shared = p->exclusive = p->rotate = 0;
 }
 
 static inline void fs_poller_close(fs_poller *p)
@@ -159,7 +164,7 @@ static inline void fs_poller_close(fs_poller *p)
     fs_close_fd(&p->wake_r);
     fs_close_fd(&p->poll_fd);
     p->listen_fd = -1;
-    p->listening = p->shared = p->exclusive = 0;
+    p->listening = p->shared = p->exclusive = p->rotate = 0;
 }
 
 static inline int fs_open_wake_channel(fs_poller *p)
@@ -250,6 +255,16 @@ static inline int fs_poller_wait(fs_poller *p, int timeout_ms)
     int n, i, seen = 0;
 #if defined(FS_EPOLL)
     struct epoll_event ev[2];
+    if (p->rotate) {
+        /* Last in the wake-up order (see above).  Should adding it back
+           fail, it is not watched until fs_poller_set_listening() adds it
+           before the next wait, which reports the error. */
+        p->rotate = 0;
+        if (p->exclusive && p->listening
+                && (fs_poller_watch(p, p->listen_fd, 0) < 0
+                    || fs_poller_watch(p, p->listen_fd, 1) < 0))
+            p->listening = 0;
+    }
     n = epoll_wait(p->poll_fd, ev, 2, timeout_ms);
     if (n < 0)
         return -errno;
@@ -258,6 +273,7 @@ static inline int fs_poller_wait(fs_poller *p, int timeout_ms)
     if (n == 0 && p->exclusive && p->listening
             && fs_input_pending(p->listen_fd))
         seen = FS_LISTENER_READY;
+    p->rotate = p->exclusive && (seen & FS_LISTENER_READY);
 #elif defined(FS_KQUEUE)
     struct kevent ev[2];
     struct timespec ts, *tsp = NULL;
