@@ -78,6 +78,8 @@ else:  # Windows
 
 
 if hasattr(select, "EPOLLEXCLUSIVE"):
+    _EXCLUSIVE_INPUT = select.EPOLLIN | select.EPOLLEXCLUSIVE
+
     class _SharedListenerWaiter:
         """A _Waiter for a loop whose listener (``listener_fd``) sibling
         processes wait on too: epoll, the listener watched with
@@ -90,6 +92,7 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
             self._listener_fd = listener_fd
             self._exclusive = False  # the listener is watched exclusively
             self._rotate = False  # it woke this loop: put it last
+            self._listener_ready = (listener_fd, select.EPOLLIN)
             # Looks at the listener alone, after a timed-out wait.
             self._peek = select.poll()
             self._peek.register(listener_fd, select.POLLIN)
@@ -97,8 +100,7 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
         def add(self, fd):
             if fd == self._listener_fd:
                 try:
-                    self._epoll.register(
-                        fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+                    self._epoll.register(fd, _EXCLUSIVE_INPUT)
                     self._exclusive = True
                     return
                 except OSError as exc:  # refused: watched as any other
@@ -112,15 +114,14 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
             self._epoll.unregister(fd)
 
         def wait(self, ms):
-            listener = self._listener_fd
             if self._rotate and self._exclusive:
-                self.remove(listener)
-                self.add(listener)
+                self._epoll.unregister(self._listener_fd)
+                self._epoll.register(self._listener_fd, _EXCLUSIVE_INPUT)
             ready = self._epoll.poll(-1 if ms is None else ms / 1000)
             if not ready and self._exclusive and self._peek.poll(0):
                 # A wake-up a sibling took and did not act on.
-                ready = [(listener, select.EPOLLIN)]
-            self._rotate = any(fd == listener for fd, _ in ready)
+                ready = [self._listener_ready]
+            self._rotate = self._listener_ready in ready
             return ready
 
         def close(self):
