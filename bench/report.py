@@ -22,6 +22,7 @@ SERVER_LABELS = {
     "fastsock-pure": "fastsock pure",
     "fastsock-workers": "fastsock workers",
     "fastsock-workers-affinity": "fastsock workers affinity",
+    "fastsock-pure-workers": "fastsock pure workers",
     "asyncio": "asyncio",
     "uvloop": "uvloop",
     "uvloop-reuseport": "uvloop N processes",

@@ -20,7 +20,10 @@ The multi-core section: the server ``fastsock-workers`` is fastsock with
 generator's; on a machine with fewer than 3 CPUs, all of them, shared with
 the load generator, which the run's notes then say), measured against the
 single-process ``fastsock`` on ThreadingTCPServer for the workloads and
-concurrencies of ``workloads.MULTICORE``.  Its CPU time is the supervisor's
+concurrencies of ``workloads.MULTICORE``.  ``fastsock-pure-workers`` is the
+same with the pure-Python engine, against ``fastsock-pure``; it runs only
+when named (``--multicore --server fastsock-pure --server
+fastsock-pure-workers``).  Its CPU time is the supervisor's
 and its workers'; the notes give each worker's memory (RSS, and the part of
 it that is its own: private pages, not shared copy-on-write with the
 supervisor) and the ratio to one process.
@@ -119,6 +122,9 @@ SERVERS = [
         affinity=True,
         multicore_only=True,
     ),
+    # The pure engine with workers: by name only (--server).
+    Server("fastsock-pure-workers", "fastsock", "python", workers=True,
+           multicore_only=True),
     Server("asyncio", "asyncio", "asyncio", reference=True),
     Server("uvloop", "uvloop", "uvloop", reference=True),
     Server(
@@ -148,6 +154,8 @@ FAIRNESS_WORKLOAD = "tcp-keepalive"
 # A load generator busier than this (CPU time / wall time while timed) may
 # have been the limit.
 LOADGEN_BUSY = 0.90
+# What a run measures unless --server or --multicore says otherwise.
+DEFAULT_SERVER_NAMES = [s.name for s in SERVERS if not s.multicore_only]
 
 
 @dataclass
@@ -1280,14 +1288,24 @@ def placement_text(bench):
 def multicore_notes(bench, summary):
     """What a reader of the multi-core section needs: placement, ratios."""
     notes = []
-    if not any(key[2] == "fastsock-workers" for key in summary):
+    # Each server with workers, and the single process it is measured
+    # against (the same module and engine).
+    single = {
+        s.name: next(o.name for o in SERVERS
+                     if (o.module, o.engine, o.workers)
+                     == (s.module, s.engine, False))
+        for s in SERVERS if s.workers
+    }
+    if not any(key[2] in single for key in summary):
         return notes
     notes.append(f"fastsock workers: {placement_text(bench)}")
     for (workload, cls, server, conc), entry in summary.items():
-        one = summary.get((workload, cls, "fastsock", conc))
-        if server == "fastsock-workers" and one and one["rps"] and entry["rps"]:
+        if server not in single:
+            continue
+        one = summary.get((workload, cls, single[server], conc))
+        if one and one["rps"] and entry["rps"]:
             notes.append(
-                f"{workload} {cls} c={conc}: {bench.workers} workers "
+                f"{workload} {cls} c={conc}: {server}: {bench.workers} workers "
                 f"{report.format_rate(entry['rps'])} req/s, one process "
                 f"{report.format_rate(one['rps'])}: "
                 f"×{report.format_ratio(entry['rps'] / one['rps'])}"
@@ -1651,7 +1669,9 @@ def print_list():
         print(f"  {w.name:18} {w.title}")
         for cls, concs in w.classes.items():
             print(f"  {'':18}   {cls}: {', '.join(map(str, concs))}")
-    print("Servers:", ", ".join(SERVER_NAMES))
+    print("Servers:", ", ".join(DEFAULT_SERVER_NAMES))
+    print("Named only (--server):",
+          ", ".join(s.name for s in SERVERS if s.multicore_only))
 
 
 def make_settings(args):

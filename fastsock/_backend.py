@@ -28,6 +28,14 @@ taken earlier), and nothing else (``_backend.pyi``: ``EngineServer``):
   ``_handle_request_noblock()``, ``service_actions()``,
   ``_accept_failed(exc)`` for a failed accept or receive, and
   ``max_packet_size`` for a datagram;
+- ``_listener_shared``, once when a ``ServeLoop`` is made: true where
+  other processes wait on the same listening socket (set in each prefork
+  worker by fastsock._supervisor; BaseServer's default is False).  The
+  loop then waits so that a new connection wakes one idle process, idle
+  processes in turn, where the platform allows (EPOLLEXCLUSIVE on Linux;
+  elsewhere all wake), and a wait that times out looks at the listener
+  itself, since a wake-up taken by a sibling that was stopping or pausing
+  reaches no other;
 - per request, the hooks ``_handle_request_noblock`` calls, in its order:
   ``get_request``, ``verify_request``, ``process_request``,
   ``finish_request``, ``shutdown_request`` (``close_request`` through it),

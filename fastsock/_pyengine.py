@@ -13,8 +13,17 @@ memory page the parent writes after a fork costs it a copy-on-write fault
 (measured: about 2.5 us each), so the wait hands poll()'s own list back
 rather than building another with a comprehension, which before Python 3.12
 also creates a function object per call.
+
+A listener that the server declares shared with sibling processes
+(``_listener_shared``, set in prefork workers) is waited on with epoll
+instead, registered with ``EPOLLEXCLUSIVE`` where the platform has it
+(Linux >= 4.5), so that a new connection wakes one idle sibling rather than
+all of them: the same as the compiled engine does (its includes/poller.h
+says what the kernel does, and why a timed-out wait looks at the listener
+itself).  Elsewhere, poll() as for any listener: every sibling wakes.
 """
 
+import errno
 import io
 import select
 import socket
@@ -41,6 +50,9 @@ if hasattr(select, "poll"):
 
         def remove(self, fd):
             self._poll.unregister(fd)
+
+        def close(self):
+            pass
 else:  # Windows
     class _Waiter:
         """Waits until some of a few descriptors are readable."""
@@ -61,6 +73,62 @@ else:  # Windows
             ready = select.select(self._fds, [], [], timeout)[0]
             return [(fd, None) for fd in ready]
 
+        def close(self):
+            pass
+
+
+if hasattr(select, "EPOLLEXCLUSIVE"):
+    _EXCLUSIVE_INPUT = select.EPOLLIN | select.EPOLLEXCLUSIVE
+
+    class _SharedListenerWaiter:
+        """A _Waiter for a loop whose listener (``listener_fd``) sibling
+        processes wait on too: epoll, the listener watched with
+        EPOLLEXCLUSIVE (added, never modified: pausing removes it and adds
+        it back), and put last in the wake-up order after it woke this
+        loop, as includes/poller.h does."""
+
+        def __init__(self, listener_fd):
+            self._epoll = select.epoll()
+            self._listener_fd = listener_fd
+            self._exclusive = False  # the listener is watched exclusively
+            self._rotate = False  # it woke this loop: put it last
+            self._listener_ready = (listener_fd, select.EPOLLIN)
+            # Looks at the listener alone, after a timed-out wait.
+            self._peek = select.poll()
+            self._peek.register(listener_fd, select.POLLIN)
+
+        def add(self, fd):
+            if fd == self._listener_fd:
+                try:
+                    self._epoll.register(fd, _EXCLUSIVE_INPUT)
+                    self._exclusive = True
+                    return
+                except OSError as exc:  # refused: watched as any other
+                    if exc.errno != errno.EINVAL:
+                        raise
+            self._epoll.register(fd, select.EPOLLIN)
+
+        def remove(self, fd):
+            if fd == self._listener_fd:
+                self._exclusive = False
+            self._epoll.unregister(fd)
+
+        def wait(self, ms):
+            if self._rotate and self._exclusive:
+                self._epoll.unregister(self._listener_fd)
+                self._epoll.register(self._listener_fd, _EXCLUSIVE_INPUT)
+            ready = self._epoll.poll(-1 if ms is None else ms / 1000)
+            if not ready and self._exclusive and self._peek.poll(0):
+                # A wake-up a sibling took and did not act on.
+                ready = [self._listener_ready]
+            self._rotate = self._listener_ready in ready
+            return ready
+
+        def close(self):
+            self._epoll.close()
+else:
+    _SharedListenerWaiter = None
+
 
 class ServeLoop:
     """The loop of one ``serve_forever()`` call."""
@@ -70,13 +138,20 @@ class ServeLoop:
         self._stopping = False
         # None: accepting; a monotonic deadline, or inf for "until resumed".
         self._paused_until = None
-        self._waiter = _Waiter()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._listen_fd = server.fileno()
+        if server._listener_shared and _SharedListenerWaiter is not None:
+            self._waiter = _SharedListenerWaiter(self._listen_fd)
+        else:
+            self._waiter = _Waiter()
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+        except BaseException:
+            self._waiter.close()
+            raise
         try:
             self._wake_r.setblocking(False)
             self._wake_w.setblocking(False)
             self._waiter.add(self._wake_r.fileno())
-            self._listen_fd = server.fileno()
             self._waiter.add(self._listen_fd)
         except BaseException:
             self.close()
@@ -150,6 +225,7 @@ class ServeLoop:
     def close(self):
         self._wake_r.close()
         self._wake_w.close()
+        self._waiter.close()
 
 
 def _ms(timeout):

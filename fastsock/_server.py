@@ -167,6 +167,11 @@ class BaseServer:
     max_requests_jitter = 0
     worker_cpu_affinity = False
     worker_index = None
+    # Whether other processes wait on this server's listening socket too
+    # (set True in each prefork worker by fastsock._supervisor): an engine
+    # reads it when a loop starts, to wake one idle worker per connection
+    # where the platform can (see fastsock._backend).
+    _listener_shared = False
     # The engine (a fastsock._backend engine module) that this server's
     # loops, handlers and worker pool use: bound by serve_forever() and
     # handle_request() when they start, so that every part of a request is

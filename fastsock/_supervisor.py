@@ -14,10 +14,14 @@ The listener
     accept queue shared by all.  A worker that exits leaves the queued
     connections to the others, so none is refused or reset (per-worker
     ``SO_REUSEPORT`` listeners would reset the connections queued on the
-    one that closes).  While the workers run, the listener is
-    non-blocking: all of them wake for each connection and all but one
-    find nothing to accept, which must not block them.  Its timeout is
-    restored when the supervisor ends.
+    one that closes).  Each worker declares it shared
+    (``server._listener_shared``, fastsock._backend), so that its engine
+    waits on it in a way that wakes one idle worker per connection where
+    the platform can (below).  While the workers run, the listener is
+    non-blocking: a worker may still find nothing to accept (where every
+    worker wakes, all but one; with exclusive wake-ups, a worker that was
+    busy when the connection came sees it once free, taken by then), which
+    must not block it.  Its timeout is restored when the supervisor ends.
 
 Workers
     Each worker runs the ordinary single-process loop
@@ -35,17 +39,40 @@ Workers
     loops call theirs).
 
 Cost
-    Every worker waits on the shared listener, so each new connection
-    wakes all of them and all but one find nothing to accept.  Measured
-    here (2 cores shared with the load generator, ThreadingTCPServer,
-    64 connections): keep-alive 1.2-1.4x one process; connection per
-    request about 0.6x, at about twice the CPU per request (62 against
-    33 us).  ``EPOLLEXCLUSIVE`` on the listener in the compiled engine's
-    poller would wake one worker per connection; it is left to the
-    engine, and would need the fairness rule measured again (exclusive
-    waiters are woken most recent first).  Each extra worker costs about
-    3-8 MiB of memory of its own: the rest is shared copy-on-write with
-    the supervisor.
+    Every worker waits on the shared listener.  On Linux (4.5 or later)
+    both engines watch it with ``EPOLLEXCLUSIVE``: a new connection wakes
+    one worker that is waiting, and a worker busy in a request does not
+    count as woken (the kernel goes on to the next; tested with a
+    sequential worker held in a request).  The kernel offers each
+    wake-up to the workers in the order they added the listener, so a
+    loop that the listener woke adds it again (last) before its next
+    wait: idle workers take connections in turn (without that, one idle
+    worker took every sequential request).  Elsewhere (kqueue, poll())
+    each connection wakes every idle worker and all but one find nothing
+    to accept.  A wake-up that a worker takes just as it stops or pauses
+    reaches no other: the workers' loops look at the listener when a wait
+    times out, so such a connection waits one poll interval at most.
+
+    Measured here (2 cores shared with the load generator and with other
+    work; ThreadingTCPServer, 2 workers, connection per request, 64
+    connections unless said): with one connection at a time, the loop
+    threads woke 1.5-2.0 times per connection before, 1.0 since, in both
+    engines; at 64 connections 0.3-0.7 times per request either way
+    (busy loops rarely wait, and the compiled one accepts up to 64
+    connections per wake-up).  ``python bench/run.py --multicore``, runs
+    interleaved with the code before (the quietest two): compiled engine
+    14.1k -> 15.8k requests/s (0.59x -> 0.65x one process), 68 -> 57 us
+    of CPU per request against 34 for one process; keep-alive level
+    (about 1.0x).  Pure engine (``--server fastsock-pure --server
+    fastsock-pure-workers``): 12.3k -> 11.2k, 93 -> 101 us, the two
+    epoll_ctl() calls that put the listener last, which its loop makes
+    per request (it takes one per wake-up); level with before without
+    them.  The rest of the workers' cost is placement, not the herd: one
+    process left free on both cores costs 60 us per request (each request
+    goes from the loop's thread to a pool thread, and the GIL between
+    cores), 36 pinned to one; 2 workers with ``worker_cpu_affinity``
+    about 40.  Each extra worker costs about 3-8 MiB of memory of its
+    own: the rest is shared copy-on-write with the supervisor.
 
 Signals
     =======  ==========================================  ===================
@@ -106,9 +133,11 @@ max_requests
 
 Fairness
     With a shared listener the kernel does not spread connections evenly:
-    epoll wakes every worker, the one already running usually wins, and
-    the compiled loop accepts up to 64 connections per wake-up; many
-    keep-alive connections opened at once end up on a few workers.
+    where every worker wakes, the one already running usually wins; with
+    exclusive wake-ups, the first one waiting, and a worker's loop
+    threads may all be busy while it takes a burst; and the compiled loop
+    accepts up to 64 connections per wake-up.  Many keep-alive
+    connections opened at once end up on a few workers.
     Measured here (2 cores, 64 keep-alive connections opened one after the
     other over 4 ThreadingTCPServer workers, fair share 16), a plain shared
     listener gave the busiest worker up to 30 and the idlest 8.  So the
@@ -130,7 +159,13 @@ Fairness
     both engines; connection per request (16 connections, 2 workers)
     unchanged against no fairness at all (about 12k/s).  A pause of 5 ms
     instead of 1 ms let one worker take a whole burst while the others
-    were paused (6..25).  A sequential server holds one request at a time
+    were paused (6..25).  Measured again with exclusive wake-ups taken in
+    turn, the rule unchanged: 15..18 (compiled) and 14..17 (pure) in 20
+    runs each, 13..18 with two busy loops of other processes on the
+    cores; the test failed twice in about 150 runs while the machine ran
+    far more than 2 cores' worth of other work (27 connections on one
+    worker).  Without the rule: 8..34, 8 runs in 40 outside 8..24.  A
+    sequential server holds one request at a time
     and needs nothing; nor does a datagram server.  The board has 4N
     slots: workers that are finishing their requests after a restart or
     ``max_requests`` keep theirs while their replacements run; should all
@@ -603,6 +638,7 @@ class Supervisor:
             for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
                 os.environ.pop(name, None)
             server.worker_index = index
+            server._listener_shared = True  # for the engine (_backend)
             if self._cpus:
                 os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
             _watch_supervisor(server, life_fd)

@@ -6,15 +6,19 @@
 ``fail_init`` (worker_init raises), ``path`` (Unix socket), ``stdin_stop``
 (a thread calls shutdown() when a line arrives on stdin) and
 ``report_leaks`` (after serve_forever() returns, print what the process
-holds that it did not hold before) and ``serve_until_signal`` (serve with
-fastsock.serve_until_signal() instead, and print ``{"finished": ...}``).
+holds that it did not hold before), ``serve_until_signal`` (serve with
+fastsock.serve_until_signal() instead, and print ``{"finished": ...}``) and
+``poll_interval`` (serve_forever's; default 0.05, null: none).
 
-It prints one JSON line ``{"address": ..., "pid": ...}`` once listening,
+It prints one JSON line ``{"address": ..., "pid": ..., "fileno": ...}``
+(the listening socket's descriptor) once listening,
 and ``{"returned": ..., ...}`` when serve_forever() returns.  Each request
 line (or datagram) is a command:
 
 - ``pid``: answers ``PID INDEX INIT_INDEX``;
 - ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``;
+- ``hold``: answers ``started PID``, waits for the next line, answers
+  ``done PID``;
 - ``cpus``: answers ``PID [CPUS]``, the CPUs it may run on.
 """
 
@@ -46,6 +50,10 @@ class StreamHandler(fastsock.StreamRequestHandler):
             elif name == "slow":
                 self.wfile.write(f"started {os.getpid()}\n".encode())
                 time.sleep(float(argument))
+                self.wfile.write(f"done {os.getpid()}\n".encode())
+            elif name == "hold":
+                self.wfile.write(f"started {os.getpid()}\n".encode())
+                self.rfile.readline()
                 self.wfile.write(f"done {os.getpid()}\n".encode())
 
 
@@ -102,14 +110,14 @@ def main():
         stopper = threading.Thread(target=stop_on_input, daemon=True)
         stopper.start()
     fds_before = open_fds()
-    print(json.dumps({"address": server.server_address, "pid": os.getpid()}),
-          flush=True)
+    print(json.dumps({"address": server.server_address, "pid": os.getpid(),
+                      "fileno": server.fileno()}), flush=True)
     if config.get("serve_until_signal"):
         finished = fastsock.serve_until_signal(server, 10.0,
                                                poll_interval=0.05)
         print(json.dumps({"finished": finished}), flush=True)
         return
-    server.serve_forever(0.05)
+    server.serve_forever(config.get("poll_interval", 0.05))
     report = {"returned": True}
     if config.get("report_leaks"):
         if config.get("stdin_stop"):

@@ -7,6 +7,7 @@ its sockets and signals; every wait is bounded by a generous timeout.
 
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -18,7 +19,8 @@ import time
 import pytest
 
 import fastsock
-from _server_helpers import HAS_UNIX, TIMEOUT, requires_fork, requires_unix
+from _server_helpers import (
+    HAS_UNIX, TIMEOUT, connect, requires_fork, requires_unix, serving)
 
 pytestmark = [requires_fork,
               pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
@@ -86,6 +88,7 @@ class ServerChild(Child):
                          tmp_path, stdin=config.get("stdin_stop", False))
         self.kind = config["kind"]
         started = json.loads(self.line())
+        self.fileno = started["fileno"]  # the listener, in every worker too
         self.address = started["address"]
         if isinstance(self.address, list):
             self.address = tuple(self.address)
@@ -386,6 +389,123 @@ def test_max_requests_recycles_workers(server):
     assert len(answered | first) > 2
     wait_until(lambda: len(worker_pids(child.pid)) == 2, "two workers")
     assert "exited with status" not in child.stderr()  # all exited 0
+
+
+# A shared listener is watched with EPOLLEXCLUSIVE where the kernel has it.
+EPOLLEXCLUSIVE = 1 << 28
+requires_exclusive_wake = pytest.mark.skipif(
+    not sys.platform.startswith("linux")
+    or not hasattr(select, "EPOLLEXCLUSIVE")
+    or tuple(map(int, re.findall(r"\d+", os.uname().release)[:2])) < (4, 5),
+    reason="needs EPOLLEXCLUSIVE (Linux 4.5 or later)")
+
+
+def epoll_watches(pid, fd):
+    """The event masks with which the epoll instances of process ``pid``
+    watch its descriptor ``fd`` (/proc/PID/fdinfo)."""
+    masks = []
+    for name in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{name}") as info:
+                lines = info.read().splitlines()
+        except OSError:  # closed meanwhile
+            continue
+        for fields in map(str.split, lines):
+            if fields[:1] == ["tfd:"] and int(fields[1]) == fd:
+                masks.append(int(fields[3], 16))
+    return masks
+
+
+def wait_until_waiting_in_epoll(thread):
+    """Return once ``thread`` (of this process) sleeps in an epoll wait;
+    skip the test where /proc/self/task/TID/wchan never says so."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/wchan") as wchan:
+                if "epoll" in wchan.read():
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.skip("cannot see a thread wait in epoll (wchan)")
+        time.sleep(0.01)
+
+
+@requires_exclusive_wake
+@pytest.mark.parametrize("kind", ["threading", "plain"])
+def test_workers_watch_the_shared_listener_exclusively(server, kind):
+    child = server(kind=kind, workers=2)
+    for pid in distinct_workers(child, 2):
+        wait_until(lambda: epoll_watches(pid, child.fileno),
+                   "the worker's loop watching the listener")
+        masks = epoll_watches(pid, child.fileno)
+        assert all(mask & EPOLLEXCLUSIVE for mask in masks), masks
+
+
+class _Echo(fastsock.StreamRequestHandler):
+    def handle(self):
+        self.wfile.write(self.rfile.readline())
+
+
+@requires_exclusive_wake
+def test_a_listener_of_its_own_is_not_watched_exclusively(engine):
+    server = fastsock.TCPServer(("127.0.0.1", 0), _Echo)
+    with serving(server):
+        with connect(server) as sock:  # the loop runs
+            sock.sendall(b"ping\n")
+            assert sock.recv(100) == b"ping\n"
+        masks = epoll_watches(os.getpid(), server.fileno())
+        assert not any(mask & EPOLLEXCLUSIVE for mask in masks), masks
+
+
+@requires_exclusive_wake
+def test_a_wake_up_a_sibling_took_without_accepting_is_not_lost(engine):
+    """A sibling that takes the exclusive wake-up for a connection and
+    accepts nothing (it was stopping or pausing) leaves it to the others:
+    a loop whose wait times out looks at the shared listener itself."""
+    server = fastsock.TCPServer(("127.0.0.1", 0), _Echo)
+    server._listener_shared = True
+    # The sibling, first in the listener's wake-up order: registered first.
+    sibling = select.epoll()
+    woken = []
+    waiter = threading.Thread(target=lambda: woken.append(
+        sibling.poll(TIMEOUT)))
+    try:
+        sibling.register(server.fileno(),
+                         select.EPOLLIN | select.EPOLLEXCLUSIVE)
+        with serving(server, poll_interval=0.05):
+            wait_until(lambda: len(epoll_watches(os.getpid(),
+                                                 server.fileno())) == 2,
+                       "the server's loop watching its listener")
+            waiter.start()
+            wait_until_waiting_in_epoll(waiter)
+            with connect(server) as sock:
+                sock.sendall(b"ping\n")
+                assert sock.recv(100) == b"ping\n"
+            waiter.join(TIMEOUT)
+            assert woken and woken[0], "the sibling was not woken"
+    finally:
+        if waiter.is_alive():
+            waiter.join(TIMEOUT)
+        sibling.close()
+
+
+def test_a_sequential_worker_busy_in_a_request_leaves_connections_to_others(
+        server):
+    """A worker stuck in a request takes no wake-up meant for new
+    connections: another worker answers them.  With no poll interval, only
+    a wake-up can make it answer (no timed-out wait looks at the listener)."""
+    child = server(kind="plain", workers=2, poll_interval=None)
+    workers = set(distinct_workers(child, 2))
+    with child.connect() as held:
+        held.sendall(b"hold\n")
+        busy = int(read_line(held).split()[1])
+        assert busy in workers
+        for _ in range(6):
+            assert child.ask_pid()[0] == (workers - {busy}).pop()
+        held.sendall(b"\n")
+        assert read_line(held) == f"done {busy}\n"
 
 
 def test_fair_spread_of_keep_alive_connections(server):

@@ -10,7 +10,10 @@ which touch no Python object.
 
 It waits in C (epoll, kqueue or poll(), see includes/poller.h) with the GIL
 released, on the listening socket and on a wake-up descriptor that stop(),
-pause_accepting() and resume_accepting() write to from any thread.
+pause_accepting() and resume_accepting() write to from any thread.  A
+listener that the server declares shared with sibling processes
+(``_listener_shared``, set in prefork workers) is watched so that a new
+connection wakes one idle sibling where the platform can (EPOLLEXCLUSIVE).
 
 Which default hooks it may do the work of itself is declared in one place,
 ``fastsock._server.SHORTCUTS`` (and ``HANDLER_SHORTCUTS`` for handler
@@ -638,8 +641,9 @@ cdef class ServeLoop:
         self._server = server
         self._plan = _ServerPlan(server, LOOP_SHORTCUTS)
         self._handlers = _HandlerPlan()
-        cdef int err = fs_poller_open(&self._poller,
-                                      PyObject_AsFileDescriptor(server.fileno()))
+        cdef int err = fs_poller_open(
+            &self._poller, PyObject_AsFileDescriptor(server.fileno()),
+            bool(server._listener_shared))
         if err < 0:
             raise _os_error(-err)
 

@@ -8,6 +8,21 @@
  * watch while accepting is paused, and a wake-up channel (an eventfd with
  * epoll, a pipe otherwise) that another thread writes to end a wait at once.
  *
+ * A listener shared with sibling processes (prefork workers, each with a
+ * poller of its own on the one inherited socket) is watched "exclusively"
+ * where the platform can: epoll's EPOLLEXCLUSIVE (Linux >= 4.5; older
+ * kernels ignore the flag) makes a new connection wake one of the pollers
+ * in which a thread is waiting, not all of them.  A poller whose thread is
+ * busy elsewhere does not count as woken (the kernel only notes the event
+ * on its ready list) and the wake-up goes on to the next one, so a worker
+ * stuck in a request does not hold connections back.  The kernel offers
+ * each wake-up to the pollers in the order they added the listener: a
+ * poller that the listener woke takes it out and adds it back before its
+ * next wait, which puts it last, so that idle siblings take connections
+ * in turn rather than the first one taking them all.  kqueue and poll()
+ * have no such flag: every sibling wakes, and all but one find nothing to
+ * accept (the listener is non-blocking for that).
+ *
  * Every function here is safe to call without the GIL and reports failure
  * as a negative errno value, so that no caller depends on errno surviving
  * the GIL being taken back.
@@ -32,6 +47,9 @@
 #  define FS_EPOLL 1    /* and an eventfd to wake it */
 #  include <sys/epoll.h>
 #  include <sys/eventfd.h>
+#  ifndef EPOLLEXCLUSIVE  /* C library headers older than the kernel's */
+#    define EPOLLEXCLUSIVE (1u << 28)
+#  endif
 #elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__NetBSD__) \
     || defined(__OpenBSD__) || defined(__DragonFly__)
 #  define FS_KQUEUE 1
@@ -70,6 +88,9 @@ typedef struct {
     int wake_w;     /* write end: the same eventfd with epoll */
     int listen_fd;
     int listening;  /* whether listen_fd is watched */
+    int shared;     /* listen_fd is shared with sibling processes' pollers */
+    int exclusive;  /* and watched with EPOLLEXCLUSIVE */
+    int rotate;     /* the listener woke it: put it last before waiting */
 } fs_poller;
 
 static inline int fs_set_cloexec_nonblock(int fd, int nonblock)
@@ -93,7 +114,10 @@ static inline void fs_close_fd(int *fd)
     }
 }
 
-/* Start or stop watching fd for input (EPOLL_CTL_ADD/DEL, EV_ADD/DELETE). */
+/* Start or stop watching fd for input (EPOLL_CTL_ADD/DEL, EV_ADD/DELETE);
+   a shared listener exclusively where the platform can.  EPOLLEXCLUSIVE
+   is allowed with ADD only: pausing takes the listener out and puts it
+   back, never modifies it. */
 static inline int fs_poller_watch(fs_poller *p, int fd, int on)
 {
 #if defined(FS_EPOLL)
@@ -101,6 +125,18 @@ static inline int fs_poller_watch(fs_poller *p, int fd, int on)
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
     ev.data.fd = fd;
+    if (fd == p->listen_fd)
+        p->exclusive = 0;
+    if (on && p->shared && fd == p->listen_fd) {
+        ev.events |= EPOLLEXCLUSIVE;
+        if (epoll_ctl(p->poll_fd, EPOLL_CTL_ADD, fd, &ev) == 0) {
+            p->exclusive = 1;
+            return 0;
+        }
+        if (errno != EINVAL)
+            return -errno;
+        ev.events = EPOLLIN;  /* refused: watched as any other */
+    }
     if (epoll_ctl(p->poll_fd, on ? EPOLL_CTL_ADD : EPOLL_CTL_DEL, fd, &ev) < 0)
         return -errno;
 #elif defined(FS_KQUEUE)
@@ -117,7 +153,7 @@ static inline int fs_poller_watch(fs_poller *p, int fd, int on)
 static inline void fs_poller_init(fs_poller *p)
 {
     p->poll_fd = p->wake_r = p->wake_w = p->listen_fd = -1;
-    p->listening = 0;
+    p->listening = p->shared = p->exclusive = p->rotate = 0;
 }
 
 static inline void fs_poller_close(fs_poller *p)
@@ -128,7 +164,7 @@ static inline void fs_poller_close(fs_poller *p)
     fs_close_fd(&p->wake_r);
     fs_close_fd(&p->poll_fd);
     p->listen_fd = -1;
-    p->listening = 0;
+    p->listening = p->shared = p->exclusive = p->rotate = 0;
 }
 
 static inline int fs_open_wake_channel(fs_poller *p)
@@ -148,11 +184,14 @@ static inline int fs_open_wake_channel(fs_poller *p)
 #endif
 }
 
-/* Open a poller watching listen_fd and its own wake-up channel. */
-static inline int fs_poller_open(fs_poller *p, int listen_fd)
+/* Open a poller watching listen_fd and its own wake-up channel; shared:
+   whether sibling processes wait on listen_fd too (see above). */
+static inline int fs_poller_open(fs_poller *p, int listen_fd, int shared)
 {
     int err = 0;
     fs_poller_init(p);
+    p->listen_fd = listen_fd;
+    p->shared = shared;
 #if defined(FS_EPOLL)
     p->poll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (p->poll_fd < 0)
@@ -174,7 +213,6 @@ static inline int fs_poller_open(fs_poller *p, int listen_fd)
         fs_poller_close(p);
         return err;
     }
-    p->listen_fd = listen_fd;
     p->listening = 1;
     return 0;
 }
@@ -194,18 +232,48 @@ static inline int fs_poller_set_listening(fs_poller *p, int on)
     return 0;
 }
 
+/* Whether fd has input waiting now (an invalid fd has none). */
+static inline int fs_input_pending(int fd)
+{
+    struct pollfd pfd;
+    pfd.fd = fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLIN);
+}
+
 /* Wait up to timeout_ms (-1: forever) for the listener or a wake-up;
-   return FS_LISTENER_READY | FS_WOKEN bits (0 on timeout). */
+   return FS_LISTENER_READY | FS_WOKEN bits (0 on timeout).
+
+   An exclusive wake-up taken by a sibling that then accepted nothing (it
+   was stopping, or pausing, when it woke) reaches no other poller: a
+   timed-out wait looks at a listener watched exclusively itself, so that
+   such a connection waits one poll interval at most, not for the next
+   one to arrive. */
 static inline int fs_poller_wait(fs_poller *p, int timeout_ms)
 {
     int n, i, seen = 0;
 #if defined(FS_EPOLL)
     struct epoll_event ev[2];
+    if (p->rotate) {
+        /* Last in the wake-up order (see above).  Should adding it back
+           fail, it is not watched until fs_poller_set_listening() adds it
+           before the next wait, which reports the error. */
+        p->rotate = 0;
+        if (p->exclusive && p->listening
+                && (fs_poller_watch(p, p->listen_fd, 0) < 0
+                    || fs_poller_watch(p, p->listen_fd, 1) < 0))
+            p->listening = 0;
+    }
     n = epoll_wait(p->poll_fd, ev, 2, timeout_ms);
     if (n < 0)
         return -errno;
     for (i = 0; i < n; i++)
         seen |= ev[i].data.fd == p->wake_r ? FS_WOKEN : FS_LISTENER_READY;
+    if (n == 0 && p->exclusive && p->listening
+            && fs_input_pending(p->listen_fd))
+        seen = FS_LISTENER_READY;
+    p->rotate = p->exclusive && (seen & FS_LISTENER_READY);
 #elif defined(FS_KQUEUE)
     struct kevent ev[2];
     struct timespec ts, *tsp = NULL;
@@ -270,16 +338,6 @@ static inline int fs_wait_readable(int fd, int timeout_ms)
     pfd.revents = 0;
     n = poll(&pfd, 1, timeout_ms);
     return n < 0 ? -errno : n > 0;
-}
-
-/* Whether fd has input waiting now (an invalid fd has none). */
-static inline int fs_input_pending(int fd)
-{
-    struct pollfd pfd;
-    pfd.fd = fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    return poll(&pfd, 1, 0) > 0 && (pfd.revents & POLLIN);
 }
 
 /* Milliseconds of a monotonic clock, for deadlines across EINTR retries. */

@@ -16,7 +16,7 @@ cdef extern from "poller.h" nogil:
         int listening
 
     void fs_poller_init(fs_poller *p)
-    int fs_poller_open(fs_poller *p, int listen_fd)
+    int fs_poller_open(fs_poller *p, int listen_fd, int shared)
     int fs_poller_set_listening(fs_poller *p, int on)
     int fs_poller_wait(fs_poller *p, int timeout_ms)
     void fs_poller_wake(fs_poller *p)
