@@ -208,6 +208,24 @@ def stop(process):
             process.communicate()
 
 
+def serve_once_and_stop(process, notifications, port, request, reply_ok):
+    """One exchange with the activated program, READY=1 (its pid), then
+    SIGTERM: STOPPING=1 and exit status 0.  Returns its standard output."""
+    try:
+        reply = activated_exchange(process, port, request)
+        assert reply_ok(reply), reply
+        assert notifications.next() == ["READY=1", f"MAINPID={process.pid}"]
+        out, err = stop(process)
+        assert notifications.next() == ["STOPPING=1"]
+    finally:
+        notifications.close()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    return out
+
+
 @requires_socket_activate
 @pytest.mark.parametrize("workers", [[], ["--workers", "2"]],
                          ids=["one-process", "workers"])
@@ -218,19 +236,10 @@ def test_http_server_on_an_activated_socket(engine, tmp_path, workers):
     process = socket_activate(port, notifications, sys.executable, "-m",
                               "fastsock.http", *workers, "--systemd", "-d",
                               str(tmp_path))
-    try:
-        reply = activated_exchange(process, port,
-                                   b"GET /index.txt HTTP/1.0\r\n\r\n")
-        assert reply.endswith(b"\r\n\r\nactivated\n")
-        assert notifications.next() == ["READY=1", f"MAINPID={process.pid}"]
-        out, err = stop(process)
-        assert notifications.next() == ["STOPPING=1"]
-    finally:
-        notifications.close()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    out = serve_once_and_stop(process, notifications, port,
+                              b"GET /index.txt HTTP/1.0\r\n\r\n",
+                              lambda reply: reply.endswith(
+                                  b"\r\n\r\nactivated\n"))
     assert f"port {port}" in out
 
 
@@ -257,15 +266,6 @@ def test_app_under_fastsock_run_on_an_activated_socket(engine, tmp_path):
     port = free_port()
     process = socket_activate(port, notifications, sys.executable, "-m",
                               "fastsock", "run", "--systemd", str(app))
-    try:
-        assert activated_exchange(process, port, b"hi\n") == b"app: hi\n"
-        assert notifications.next() == ["READY=1", f"MAINPID={process.pid}"]
-        out, err = stop(process)
-        assert notifications.next() == ["STOPPING=1"]
-    finally:
-        notifications.close()
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    assert process.returncode == 0, err
+    out = serve_once_and_stop(process, notifications, port, b"hi\n",
+                              lambda reply: reply == b"app: hi\n")
     assert out == f"listening on {port}\n"
