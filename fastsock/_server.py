@@ -202,11 +202,16 @@ class BaseServer:
         notifier = None
         try:
             engine = self._bind_engine()
-            self._prepare_to_serve()
+            supervise = self._worker_count() > 1
+            if not supervise:
+                # A supervisor serves no request: each worker prepares for
+                # itself as its own loop starts (its pool publishes that
+                # worker's load, fastsock._supervisor).
+                self._prepare_to_serve()
             if "NOTIFY_SOCKET" in os.environ:  # under systemd (or alike)
                 from .systemd import _LoopNotifier
                 notifier = _LoopNotifier(self)
-            if self._worker_count() > 1:
+            if supervise:
                 from ._supervisor import Supervisor
                 loop = self.__loop = Supervisor(self, notifier)
             else:

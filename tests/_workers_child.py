@@ -19,7 +19,9 @@ line (or datagram) is a command:
 - ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``;
 - ``hold``: answers ``started PID``, waits for the next line, answers
   ``done PID``;
-- ``cpus``: answers ``PID [CPUS]``, the CPUs it may run on.
+- ``cpus``: answers ``PID [CPUS]``, the CPUs it may run on;
+- ``load``: answers ``PID LOAD``, the load the worker publishes on the
+  supervisor's fairness board (-1: none).
 """
 
 import json
@@ -47,6 +49,10 @@ class StreamHandler(fastsock.StreamRequestHandler):
             elif name == "cpus":
                 cpus = sorted(os.sched_getaffinity(0))
                 self.wfile.write(f"{os.getpid()} {cpus}\n".encode())
+            elif name == "load":
+                board = getattr(self.server, "_worker_load", None)
+                load = -1 if board is None else board[0]
+                self.wfile.write(f"{os.getpid()} {load}\n".encode())
             elif name == "slow":
                 self.wfile.write(f"started {os.getpid()}\n".encode())
                 time.sleep(float(argument))

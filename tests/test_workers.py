@@ -508,6 +508,22 @@ def test_a_sequential_worker_busy_in_a_request_leaves_connections_to_others(
         assert read_line(held) == f"done {busy}\n"
 
 
+def test_a_threading_worker_publishes_the_requests_it_serves(server):
+    """Fairness reads each worker's load on the board: what its pool is
+    running.  (A pool made in the supervisor before the fork once
+    published nowhere, and bursts piled up on one worker.)"""
+    child = server(workers=2)
+    socks = [child.connect() for _ in range(5)]
+    try:
+        pids = [pid_of(sock) for sock in socks]  # every one held
+        for sock, pid in zip(socks, pids):
+            answer_pid, load = map(int, ask(sock, "load").split())
+            assert (answer_pid, load) == (pid, pids.count(pid))
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def test_fair_spread_of_keep_alive_connections(server):
     workers, connections = 4, 64
     child = server(workers=workers)
