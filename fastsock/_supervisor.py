@@ -164,11 +164,12 @@ Fairness
     runs each, 13..18 with two busy loops of other processes on the
     cores.  Without the rule: 8..34, 8 runs in 40 outside 8..24.  The
     supervisor makes no worker pool (a supervisor serves nothing): one
-    made before the fork published its load nowhere, every worker read 0
-    on the board, and with two busy loops beside the test 6 runs in 30
-    put 25-37 connections on one worker (pure engine).  Each worker's own
-    pool, with four busy loops: 12..20 (pure) and 12..21 (compiled) in 30
-    runs each.  A sequential server holds one request at a time
+    made before the fork published its load nowhere and every worker read
+    0 on the board.  ``python bench/fairness_burst.py --busy 2`` (two busy
+    loops beside it, 30 runs per engine): 3..34 (pure) and 4..33
+    (compiled) with that pool, 9 and 11 runs outside 8..24; with each
+    worker's own, 14..19 and 13..18, none outside; with four busy loops,
+    12..20 and 12..21.  A sequential server holds one request at a time
     and needs nothing; nor does a datagram server.  The board has 4N
     slots: workers that are finishing their requests after a restart or
     ``max_requests`` keep theirs while their replacements run; should all

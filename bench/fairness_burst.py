@@ -1,0 +1,120 @@
+"""How evenly prefork workers share a burst of keep-alive connections.
+
+    python bench/fairness_burst.py [--runs 30] [--busy 2] [--workers 4]
+                                   [--connections 64]
+
+Per engine, ``--runs`` times: start tests/_workers_child.py (a
+ThreadingTCPServer with ``workers``), open ``--connections`` keep-alive
+connections one after the other, each sending one request at once, and
+count the connections each worker answered.  ``--busy`` processes spin on
+the CPUs meanwhile, as other work on a loaded machine would (tests/
+test_workers.py's fairness test checks the same on 2 cores without them).
+Prints the least and most connections any worker held, and the runs in
+which a worker fell outside 0.5..1.5 of its fair share.  Loopback only;
+every process it starts, it ends.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+CHILD = os.path.join(ROOT, "tests", "_workers_child.py")
+TIMEOUT = 10.0
+
+
+def spin():
+    while True:
+        pass
+
+
+def answering_pid(sock):
+    """The pid in the answer to the request sent on ``sock``."""
+    with sock.makefile("rb") as answer:
+        return int(answer.readline().split()[0])
+
+
+def one_burst(engine, workers, connections):
+    env = dict(os.environ, FASTSOCK_PURE="1" if engine == "python" else "0",
+               PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
+    config = json.dumps({"kind": "threading", "workers": workers})
+    proc = subprocess.Popen([sys.executable, CHILD, config], env=env,
+                            stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    socks = []
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
+        if not ready:
+            raise RuntimeError("the server did not start")
+        address = tuple(json.loads(proc.stdout.readline())["address"])
+
+        def connect():
+            sock = socket.create_connection(address, TIMEOUT)
+            socks.append(sock)
+            return sock
+
+        # Every worker answers before the burst: all are serving.
+        seen, deadline = set(), time.monotonic() + TIMEOUT
+        while len(seen) < workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only workers {seen} answered")
+            with socket.create_connection(address, TIMEOUT) as sock:
+                sock.sendall(b"pid\n")
+                seen.add(answering_pid(sock))
+        for _ in range(connections):
+            connect().sendall(b"pid\n")
+        counts = {pid: 0 for pid in seen}
+        for sock in socks:
+            pid = answering_pid(sock)
+            counts[pid] = counts.get(pid, 0) + 1
+        return sorted(counts.values())
+    finally:
+        for sock in socks:
+            sock.close()
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--busy", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--engine", action="append",
+                        choices=["python", "compiled"])
+    args = parser.parse_args()
+    spinners = [multiprocessing.Process(target=spin, daemon=True)
+                for _ in range(args.busy)]
+    for spinner in spinners:
+        spinner.start()
+    try:
+        fair = args.connections / args.workers
+        print(f"{args.connections} connections over {args.workers} workers "
+              f"(fair share {fair:g}), {args.busy} busy loops, "
+              f"{os.cpu_count()} CPUs")
+        for engine in args.engine or ["python", "compiled"]:
+            spreads = [one_burst(engine, args.workers, args.connections)
+                       for _ in range(args.runs)]
+            outside = sum(1 for counts in spreads
+                          if counts[0] < 0.5 * fair or counts[-1] > 1.5 * fair)
+            print(f"{engine}: {min(c[0] for c in spreads)}.."
+                  f"{max(c[-1] for c in spreads)} connections per worker "
+                  f"in {args.runs} runs; {outside} outside "
+                  f"{0.5 * fair:g}..{1.5 * fair:g}")
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.join()
+
+
+if __name__ == "__main__":
+    main()
