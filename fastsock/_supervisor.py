@@ -169,7 +169,15 @@ Fairness
     loops beside it, 30 runs per engine): 3..34 (pure) and 4..33
     (compiled) with that pool, 9 and 11 runs outside 8..24; with each
     worker's own, 14..19 and 13..18, none outside; with four busy loops,
-    12..20 and 12..21.  A sequential server holds one request at a time
+    12..20 and 12..21.  What the rule costs, now that it acts: connection
+    per request over 2 workers (64 connections, ``bench/run.py
+    --multicore``, 6 interleaved runs against the code whose rule never
+    acted) about 14k against 16.3k requests/s where the client closes
+    first; in-flight counts there range 0..35 per worker and 12-14% of
+    requests start a pause.  Ending a pause when one of the worker's
+    requests ends (tried) cut that cost to about 5% but made the
+    server-closes shape 10% slower (more pause/resume wake-ups): not kept.
+    A sequential server holds one request at a time
     and needs nothing; nor does a datagram server.  The board has 4N
     slots: workers that are finishing their requests after a restart or
     ``max_requests`` keep theirs while their replacements run; should all
