@@ -210,6 +210,7 @@ _ORPHAN_GRACE = 1.0
 # worker may serve, and how long one that serves more stops accepting (s).
 _FAIR_LEAD = 2
 _FAIR_PAUSE_NS = 1_000_000
+_NO_BOUND = float("inf")  # max_threads None
 # A worker's accepting state on the board: 0 while it does not serve;
 # _ACCEPTING or the time.monotonic_ns() its pause ended while it accepts;
 # the time it will end while it is paused.  The monotonic clock is the
@@ -712,6 +713,8 @@ class Supervisor:
             return
         original = server.process_request
         taken = 0
+        # The setting at which the server stops accepting by itself.
+        bound_name = "max_children" if forking_server else "max_threads"
 
         def process_request(request, client_address):
             nonlocal taken
@@ -726,13 +729,12 @@ class Supervisor:
             elif fair:
                 if forking_server:
                     mine = loads[slot] = len(server.active_children or ())
-                    bound = server.max_children
                 else:
                     mine = loads[slot]
-                    bound = server.max_threads
                 # At its bound, the server paused accepting until a request
                 # ends, which this must not cut short.
-                if mine >= _FAIR_LEAD and (bound is None or mine < bound):
+                if (mine >= _FAIR_LEAD
+                        and mine < (getattr(server, bound_name) or _NO_BOUND)):
                     now = monotonic_ns()
                     # The workers that accept now (this one included).
                     lowest = min([load for load, state
