@@ -97,6 +97,10 @@ Signals
     is the default one (and only when it runs in the main thread), so that
     a program's own handlers -- ``fastsock.serve_until_signal()``'s, which
     call ``shutdown()`` -- keep working; they are restored when it ends.
+    A signal ignored when the program started stays ignored, as Python
+    leaves it: under ``nohup`` (SIGHUP ignored) there is no rolling
+    restart, and a background job of a shell without job control (SIGINT
+    ignored) stops on SIGTERM only.
     The handlers only set a flag and write to the self-pipe.
 
 Dead workers

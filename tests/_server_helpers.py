@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import queue
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +27,20 @@ POLL = 0.05  # serve_forever()'s poll interval where a test does not care
 
 HAS_UNIX = hasattr(socket, "AF_UNIX")
 HAS_FORK = hasattr(os, "fork")
+
+
+def _default_signal_actions():
+    """In a test's child before exec: the default action for the signals
+    the tests send, as a program started from an interactive shell has.  A
+    shell without job control starts background commands (pytest among
+    them) with SIGINT ignored, ``nohup`` leaves SIGHUP ignored, and Python
+    and fastsock's supervisor leave an ignored signal ignored."""
+    for name in ("SIGINT", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+
+# Popen(preexec_fn=DEFAULT_SIGNAL_ACTIONS) for every server a test signals.
+DEFAULT_SIGNAL_ACTIONS = _default_signal_actions if os.name == "posix" else None
 
 
 def _ipv6_loopback_works():
@@ -350,7 +365,8 @@ class Child:
         self.proc = subprocess.Popen(
             [sys.executable, *command, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env)
+            stderr=subprocess.PIPE, text=True, env=env,
+            preexec_fn=DEFAULT_SIGNAL_ACTIONS)
         self._lines = queue.Queue()
         self._stderr = []
         threading.Thread(target=self._pump, args=(self.proc.stdout,

@@ -8,7 +8,8 @@
 ``report_leaks`` (after serve_forever() returns, print what the process
 holds that it did not hold before), ``serve_until_signal`` (serve with
 fastsock.serve_until_signal() instead, and print ``{"finished": ...}``) and
-``poll_interval`` (serve_forever's; default 0.05, null: none).
+``poll_interval`` (serve_forever's; default 0.05, null: none) and
+``ignore_sighup`` (SIGHUP ignored before serving, as ``nohup`` leaves it).
 
 It prints one JSON line ``{"address": ..., "pid": ..., "fileno": ...}``
 (the listening socket's descriptor) once listening,
@@ -27,6 +28,7 @@ line (or datagram) is a command:
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -115,6 +117,8 @@ def main():
             server.shutdown()
         stopper = threading.Thread(target=stop_on_input, daemon=True)
         stopper.start()
+    if config.get("ignore_sighup"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     fds_before = open_fds()
     print(json.dumps({"address": server.server_address, "pid": os.getpid(),
                       "fileno": server.fileno()}), flush=True)

@@ -27,7 +27,8 @@ import xmlrpc.client
 
 import pytest
 
-from _server_helpers import HOST, TIMEOUT, requires_ipv6, serving
+from _server_helpers import (
+    DEFAULT_SIGNAL_ACTIONS, HOST, TIMEOUT, requires_ipv6, serving)
 from test_install import engine_env, run_python
 
 import fastsock
@@ -84,16 +85,6 @@ class Server:
             raise
 
 
-def _interruptible():
-    """In the child before exec: take SIGINT's default action back.  A
-    shell without job control starts background commands (pytest among
-    them) with SIGINT ignored, which Python would then leave ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-_INTERRUPTIBLE = _interruptible if os.name == "posix" else None
-
-
 @contextlib.contextmanager
 def server_process(engine, args, tmp_path, ready, cwd=None):
     """Run ``python args``; yield a Server once stdout matched ``ready``."""
@@ -102,7 +93,7 @@ def server_process(engine, args, tmp_path, ready, cwd=None):
         proc = subprocess.Popen([sys.executable, *args], env=engine_env(engine),
                                 cwd=cwd, stdout=out, stderr=err,
                                 stdin=subprocess.DEVNULL,
-                                preexec_fn=_INTERRUPTIBLE)
+                                preexec_fn=DEFAULT_SIGNAL_ACTIONS)
     server = Server(proc, out_path, err_path)
     try:
         server.match = server.wait_for(ready)

@@ -20,7 +20,8 @@ import pytest
 
 import fastsock
 from _server_helpers import (
-    HAS_UNIX, TIMEOUT, connect, requires_fork, requires_unix, serving)
+    DEFAULT_SIGNAL_ACTIONS, HAS_UNIX, TIMEOUT, connect, requires_fork,
+    requires_unix, serving)
 
 pytestmark = [requires_fork,
               pytest.mark.skipif(not os.path.isdir("/proc/self/fd"),
@@ -51,7 +52,8 @@ class Child:
             self.proc = subprocess.Popen(
                 args, env=child_env(engine), stdout=subprocess.PIPE,
                 stderr=stderr, cwd=tmp_path,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL)
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                preexec_fn=DEFAULT_SIGNAL_ACTIONS)
         self.pid = self.proc.pid
 
     def line(self, timeout=TIMEOUT):
@@ -355,6 +357,21 @@ def test_sighup_replaces_every_worker_without_refusing_one_connection(server):
             client.join()
     assert errors == []
     assert not old & set(answered_by[mark:])
+
+
+def test_a_sighup_ignored_at_start_stays_ignored(server):
+    """Under nohup (SIGHUP ignored) the supervisor takes no SIGHUP handler:
+    the signal restarts nothing, and SIGTERM still stops everything."""
+    child = server(workers=2, ignore_sighup=True)
+    old = set(distinct_workers(child, 2))
+    os.kill(child.pid, signal.SIGHUP)
+    # A restart would have started a new worker within milliseconds.
+    time.sleep(0.5)
+    assert worker_pids(child.pid) == old
+    assert child.ask_pid()[0] in old
+    os.kill(child.pid, signal.SIGTERM)
+    assert child.report()["returned"]
+    assert child.wait() == 0
 
 
 def test_workers_exit_when_the_supervisor_is_killed(server):
