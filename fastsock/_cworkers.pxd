@@ -23,10 +23,12 @@ cdef class WorkerPool:
     cdef Py_ssize_t _blocked
     cdef object _slot_freed
     cdef bint _closing
-    cdef object _load
+    cdef long long[::1] _loads, _states  # the fairness board, or None
+    cdef Py_ssize_t _slot                # this worker's place there, or -1
+    cdef long long _last_end
     cdef object __weakref__
 
-    @cython.locals(worker=_Worker)
+    @cython.locals(worker=_Worker, running=Py_ssize_t, until="long long")
     cpdef submit(self, request, client_address)
     @cython.locals(worker=_Worker)
     cdef int _start_worker(self, request, client_address) except -1
@@ -35,3 +37,10 @@ cdef class WorkerPool:
     cdef int _pause_accepting(self) except -1
     cdef int _end_request(self) except -1
     cdef bint _park(self, _Worker worker) except -1
+
+
+@cython.locals(now="long long", lowest="long long", state="long long",
+               until="long long", i=Py_ssize_t)
+cpdef long long fair_pause(long long[::1] loads, long long[::1] states,
+                           Py_ssize_t slot, long long load,
+                           object bound, long long last_end=*) except -1

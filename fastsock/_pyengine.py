@@ -27,6 +27,7 @@ import errno
 import io
 import select
 import socket
+import threading
 from time import monotonic
 
 from ._workers import WorkerPool  # the engine's pool: see _backend
@@ -136,6 +137,9 @@ class ServeLoop:
     def __init__(self, server):
         self._server = server
         self._stopping = False
+        # The loop's thread while it is between two waits; None while it
+        # waits, where a signal handler may run inside the wait (PEP 475).
+        self._loop_thread = None
         # None: accepting; a monotonic deadline, or inf for "until resumed".
         self._paused_until = None
         self._listen_fd = server.fileno()
@@ -160,14 +164,17 @@ class ServeLoop:
 
     def run(self, poll_interval):
         server = self._server
+        me = threading.get_ident()
         wait = self._waiter.wait
         wake_fd = self._wake_r.fileno()
         poll_ms = _ms(poll_interval)
         while not self._stopping:
+            self._loop_thread = None  # before the pause is looked at
             if self._paused_until is None and self._listening:
                 ready = wait(poll_ms)
             else:
                 ready = wait(_ms(self._apply_pause(poll_interval)))
+            self._loop_thread = me
             if self._stopping:
                 break
             request_ready = False
@@ -216,11 +223,17 @@ class ServeLoop:
 
     def pause_accepting(self, until=None):
         self._paused_until = float("inf") if until is None else until
-        self._wake()
+        self._wake_unless_looping()
 
     def resume_accepting(self):
         self._paused_until = None
-        self._wake()
+        self._wake_unless_looping()
+
+    def _wake_unless_looping(self):
+        # The loop's own thread between two waits needs no wake-up: it
+        # looks at the pause before its next wait.
+        if threading.get_ident() != self._loop_thread:
+            self._wake()
 
     def close(self):
         self._wake_r.close()

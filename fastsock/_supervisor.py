@@ -129,8 +129,9 @@ Supervisor death
 max_requests
     A worker counts the requests it took by wrapping its server's
     ``process_request`` on the instance, in the worker only (so the
-    compiled engine calls it as an override; no wrapper is installed when
-    neither max_requests nor fairness needs one).  After ``max_requests``
+    compiled engine calls it as an override, without its direct hand-off
+    to the pool; no wrapper is installed when neither max_requests nor a
+    ForkingMixIn worker's fairness needs one).  After ``max_requests``
     plus a random ``0..max_requests_jitter``, it reports "retiring" (the
     supervisor starts its replacement at once), stops accepting and stops
     gracefully.
@@ -141,51 +142,52 @@ Fairness
     exclusive wake-ups, the first one waiting, and a worker's loop
     threads may all be busy while it takes a burst; and the compiled loop
     accepts up to 64 connections per wake-up.  Many keep-alive
-    connections opened at once end up on a few workers.
-    Measured here (2 cores, 64 keep-alive connections opened one after the
-    other over 4 ThreadingTCPServer workers, fair share 16), a plain shared
-    listener gave the busiest worker up to 30 and the idlest 8.  So the
-    workers share a board: an anonymous shared ``mmap`` made before
-    forking, with per worker a slot for its load (how many requests it is
-    serving: a ThreadingMixIn worker's pool writes its count of running
-    requests there, fastsock._workers; a ForkingMixIn worker its number of
+    connections opened at once end up on a few workers (2 cores, 64
+    opened one after the other over 4 ThreadingTCPServer workers, fair
+    share 16: 8..34, 8 runs in 40 outside 8..24).  So the workers share a
+    board: an anonymous shared ``mmap`` made before forking, with per
+    worker a slot for its load (a ThreadingMixIn worker's pool writes its
+    count of running requests there; a ForkingMixIn worker its number of
     children) and one for its state (not serving, accepting, or paused
     until a given ``time.monotonic_ns()``, a clock every process shares).
-    After each request it takes, a worker whose load is ``_FAIR_LEAD`` or
-    more above the least loaded worker that accepts *now* stops accepting
-    for ``_FAIR_PAUSE_NS`` (``server._pause_accepting`` with a deadline),
-    so that the next connections go to the others.  A paused worker does
-    not count as one that accepts: the least loaded worker that accepts
-    never pauses, so some worker always accepts (an earlier rule, "over
-    the mean of all", paused every worker at once under
-    connection-per-request load and cut it from 12k to 1.3k requests/s).
-    Measured the same way: every worker within 14..18 of 16 in 32 runs,
-    both engines; connection per request (16 connections, 2 workers)
-    unchanged against no fairness at all (about 12k/s).  A pause of 5 ms
-    instead of 1 ms let one worker take a whole burst while the others
-    were paused (6..25).  Measured again with exclusive wake-ups taken in
-    turn, the rule unchanged: 15..18 (compiled) and 14..17 (pure) in 20
-    runs each, 13..18 with two busy loops of other processes on the
-    cores.  Without the rule: 8..34, 8 runs in 40 outside 8..24.  The
-    supervisor makes no worker pool (a supervisor serves nothing): one
-    made before the fork published its load nowhere and every worker read
-    0 on the board.  ``python bench/fairness_burst.py --busy 2`` (two busy
-    loops beside it, 30 runs per engine): 3..34 (pure) and 4..33
-    (compiled) with that pool, 9 and 11 runs outside 8..24; with each
-    worker's own, 14..19 and 13..18, none outside; with four busy loops,
-    12..20 and 12..21.  What the rule costs, now that it acts: connection
-    per request over 2 workers (64 connections, ``bench/run.py
-    --multicore``, 6 interleaved runs against the code whose rule never
-    acted) about 14k against 16.3k requests/s where the client closes
-    first; in-flight counts there range 0..35 per worker and 12-14% of
-    requests start a pause.  Ending a pause when one of the worker's
-    requests ends (tried) cut that cost to about 5% but made the
-    server-closes shape 10% slower (more pause/resume wake-ups): not kept.
-    A sequential server holds one request at a time
-    and needs nothing; nor does a datagram server.  The board has 4N
-    slots: workers that are finishing their requests after a restart or
-    ``max_requests`` keep theirs while their replacements run; should all
-    be taken, a new worker serves without taking part.
+
+    The rule (``fastsock._workers.fair_pause``): after each request it
+    takes, a worker whose load is ``FAIR_LEAD`` (2) or more above the
+    least loaded worker that accepts *now* stops accepting for
+    ``FAIR_PAUSE_NS`` (1 ms), so that the next connections go to the
+    others.  A paused worker does not count as one that accepts, so the
+    least loaded one never pauses and some worker always accepts (a rule
+    against the mean of all paused every worker at once).  A longer pause
+    (5 ms) let one worker take a whole burst while the others were paused.
+    A worker one of whose requests ended within ``FAIR_QUIET_NS`` (1 ms)
+    stands aside: connections that come and go (one request each) make
+    loads swing by more than the lead all the time, the rule then kept
+    one worker or another paused, and the kernel's in-turn wake-ups
+    spread such connections anyway.  A burst of long connections that
+    comes in the middle of a flood of short ones is spread by the kernel
+    alone.  A ThreadingMixIn worker's pool applies the rule as it takes
+    the request (compiled with the pool in the compiled engine, which so
+    keeps its direct hand-off to the pool); a ForkingMixIn worker's
+    process_request is wrapped for it.  The supervisor makes no pool: one
+    made before the fork published its load nowhere.
+
+    ``python bench/fairness_burst.py --busy 2`` (the burst above with two
+    busy loops of other processes on the cores, 30 runs per engine):
+    13..18 (pure) and 13..19 (compiled), none outside 8..24; with four
+    busy loops (20 runs), 14..18 and 12..19.  Connection per request over 2 workers
+    (``bench/run.py --multicore``, 64 connections, runs interleaved, the
+    medians): client closes first 18.5k requests/s against 18.8k without
+    fairness and 14.0k with the rule before the quiet window; server
+    closes first 16.1k, 18.0k and 11.8k (noisy: 14.3..19.0k); keep-alive
+    (256 connections) 108k, 105k, 102k.  Before that, the rule ran around
+    process_request, which cost the compiled engine its direct hand-off
+    (9 us of CPU per request more, measured with the rule's pause off).
+
+    A sequential server holds one request at a time and needs nothing;
+    nor does a datagram server.  The board has 4N slots: workers that are
+    finishing their requests after a restart or ``max_requests`` keep
+    theirs while their replacements run; should all be taken, a new
+    worker serves without taking part.
 """
 
 import mmap
@@ -196,9 +198,10 @@ import signal
 import socket
 import sys
 import threading
-from time import monotonic, monotonic_ns
+from time import monotonic
 
 from ._server import BaseServer, ThreadingMixIn, _log
+from ._workers import ACCEPTING, fair_pause
 
 # The supervisor's longest wait between two looks at its workers (s).
 _TICK = 0.1
@@ -210,17 +213,6 @@ _BACKOFF_MAX = 4.0
 _QUICK_DEATH = 1.0
 # How long an orphaned worker gives its running requests (s).
 _ORPHAN_GRACE = 1.0
-# Fairness: how many requests more than the least busy accepting worker a
-# worker may serve, and how long one that serves more stops accepting (s).
-_FAIR_LEAD = 2
-_FAIR_PAUSE_NS = 1_000_000
-_NO_BOUND = float("inf")  # max_threads None
-# A worker's accepting state on the board: 0 while it does not serve;
-# _ACCEPTING or the time.monotonic_ns() its pause ended while it accepts;
-# the time it will end while it is paused.  The monotonic clock is the
-# same in every process.
-_ACCEPTING = 1
-
 # Slots on the fairness board per worker: workers still finishing after a
 # restart or max_requests keep theirs until they exit.
 _BOARD_SLOTS_PER_WORKER = 4
@@ -663,7 +655,7 @@ class Supervisor:
             self._count_requests(server, slot, status_fd)
             os.write(status_fd, _READY)
             if slot is not None:
-                self._accepting[slot] = _ACCEPTING
+                self._accepting[slot] = ACCEPTING
             BaseServer.serve_forever(server, self._poll_interval)
             if slot is not None:
                 self._accepting[slot] = 0
@@ -700,25 +692,26 @@ class Supervisor:
                 pass
 
     def _count_requests(self, server, slot, status_fd):
-        """Wrap the worker's process_request for max_requests and fairness,
-        where either applies; publish its load on the board."""
+        """Take part in fairness and count requests for max_requests, where
+        either applies.
+
+        A ThreadingMixIn worker's pool applies the fairness rule itself
+        (fastsock._workers), given the board; a ForkingMixIn worker's
+        process_request is wrapped for it, as for max_requests (wrapping
+        costs a compiled engine its direct hand-off to the pool).
+        """
         limit = server.max_requests
         if limit is not None:
             limit += random.randint(0, server.max_requests_jitter or 0)
-        threading_server = isinstance(server, ThreadingMixIn)
-        forking_server = hasattr(server, "active_children")
-        fair = (slot is not None and _is_stream(server)
-                and (threading_server or forking_server))
-        loads, accepting = self._loads, self._accepting
-        if fair and threading_server:
-            # The pool publishes its running count here (fastsock._workers).
-            server._worker_load = loads[slot:slot + 1]
-        if limit is None and not fair:
+        fair = slot is not None and _is_stream(server)
+        if fair and isinstance(server, ThreadingMixIn):
+            server._fair_board = (self._loads, self._accepting, slot)
+        forking_fair = fair and hasattr(server, "active_children")
+        if limit is None and not forking_fair:
             return
         original = server.process_request
         taken = 0
-        # The setting at which the server stops accepting by itself.
-        bound_name = "max_children" if forking_server else "max_threads"
+        loads, states = self._loads, self._accepting
 
         def process_request(request, client_address):
             nonlocal taken
@@ -730,23 +723,12 @@ class Supervisor:
                 except OSError:
                     pass
                 _stop_serving(server)
-            elif fair:
-                if forking_server:
-                    mine = loads[slot] = len(server.active_children or ())
-                else:
-                    mine = loads[slot]
-                # At its bound, the server paused accepting until a request
-                # ends, which this must not cut short.
-                if (mine >= _FAIR_LEAD
-                        and mine < (getattr(server, bound_name) or _NO_BOUND)):
-                    now = monotonic_ns()
-                    # The workers that accept now (this one included).
-                    lowest = min([load for load, state
-                                  in zip(loads, accepting)
-                                  if _ACCEPTING <= state <= now])
-                    if mine - lowest >= _FAIR_LEAD:
-                        until = accepting[slot] = now + _FAIR_PAUSE_NS
-                        server._pause_accepting(until / 1e9)
+            elif forking_fair:
+                load = loads[slot] = len(server.active_children or ())
+                until = fair_pause(loads, states, slot, load,
+                                   server.max_children)
+                if until:
+                    server._pause_accepting(until / 1e9)
 
         server.process_request = process_request
 

@@ -13,10 +13,12 @@ releases the baton, which is the only thread switch a hand-off costs.  A
 worker whose wait times out leaves the idle list under the pool lock, unless
 a request was handed to it in the meantime, in which case it runs that one.
 
-The pool publishes how many requests it is running into
-``server._worker_load`` where a prefork worker set one (a one-item
-memoryview into the supervisor's shared board, see fastsock._supervisor),
-so that the workers of one server can spread connections fairly.
+In a prefork worker (fastsock._supervisor) the pool also keeps the
+workers' share fair: it publishes how many requests it is running on the
+supervisor's shared board (``server._fair_board``) and applies the rule
+(``fair_pause``) after each request it takes, here rather than around the
+server's ``process_request``, so that the compiled engine keeps handing
+requests straight to its pool.
 
 With ``max_threads`` set, the pool counts running requests and asks the
 server's loop to stop accepting when the limit is reached and to resume when
@@ -44,6 +46,52 @@ import select
 import threading
 import time
 import weakref
+from time import monotonic_ns
+
+# Fairness between the prefork workers of one server (fastsock._supervisor
+# explains the board and why): a worker serving FAIR_LEAD requests more
+# than the least loaded worker that accepts now stops accepting for
+# FAIR_PAUSE_NS.  A worker's state on the board: 0 while it does not serve;
+# while it serves, ACCEPTING or the time.monotonic_ns() at which its pause
+# ends (or ended): that clock is the same in every process.
+FAIR_LEAD = 2
+FAIR_PAUSE_NS = 1_000_000
+ACCEPTING = 1
+# A worker one of whose requests ended less than FAIR_QUIET_NS ago stands
+# aside from the rule (see fair_pause).
+FAIR_QUIET_NS = 1_000_000
+
+
+def fair_pause(loads, states, slot, load, bound, last_end=0):
+    """Apply the fairness rule for the worker at ``slot`` of the board
+    (``loads``, ``states``: its two halves), which has just taken a
+    request and now serves ``load``; ``bound`` is the load at which it
+    stops accepting by itself (None: none), a pause that this must not cut
+    short.  Return the ``monotonic_ns()`` until which it must not accept,
+    marked on the board, or 0.
+
+    ``last_end`` is when one of the worker's requests last ended (0: not
+    known).  The rule is for requests that pile up, keep-alive connections
+    opened in a burst.  Where requests keep ending (a connection per
+    request), loads rise and fall by more than FAIR_LEAD all the time, the
+    rule would keep one worker or another paused, and the kernel's in-turn
+    wake-ups spread such connections anyway: the worker stands aside.
+    """
+    if load < FAIR_LEAD or (bound is not None and load >= bound):
+        return 0
+    now = monotonic_ns()
+    if now - last_end < FAIR_QUIET_NS:
+        return 0
+    lowest = load
+    for i in range(len(loads)):
+        state = states[i]
+        if ACCEPTING <= state <= now and loads[i] < lowest:
+            lowest = loads[i]
+    if load - lowest < FAIR_LEAD:
+        return 0
+    until = now + FAIR_PAUSE_NS
+    states[slot] = until
+    return until
 
 
 class _Stop:
@@ -94,8 +142,14 @@ class WorkerPool:
         self._blocked = 0        # submit() calls waiting for a free slot
         self._slot_freed = threading.Condition(self._lock)
         self._closing = False
-        # Where to publish _running for the other prefork workers, or None.
-        self._load = getattr(server, "_worker_load", None)
+        # A prefork worker's fairness board: (loads, states, its slot).
+        board = getattr(server, "_fair_board", None)
+        if board is None:
+            self._loads = self._states = None
+            self._slot = -1
+        else:
+            self._loads, self._states, self._slot = board
+        self._last_end = 0     # monotonic_ns() as a request last ended
         _live_pools.add(self)
 
     def __len__(self):
@@ -107,23 +161,31 @@ class WorkerPool:
         With ``server.max_threads`` set and reached, this blocks until a
         running request finishes (see ``_claim_slot``).
         """
+        worker = None
         with self._lock:
             limit = self._limit = self._server.max_threads
             if limit is None:
                 self._running += 1
             else:
                 self._claim_slot(limit)
-            if self._load is not None:
-                self._load[0] = self._running
-            if not self._idle:
+            running = self._running
+            if self._slot >= 0:
+                self._loads[self._slot] = running
+            if self._idle:
+                worker = self._idle.pop()
+                worker.request = request
+                worker.client_address = client_address
+            else:
                 self._start_worker(request, client_address)
-                return
-            worker = self._idle.pop()
-            worker.request = request
-            worker.client_address = client_address
-        # Out of its idle list, the worker waits for this release alone,
-        # even where its wait ran out meanwhile (see _park).
-        worker.baton.release()
+        if worker is not None:
+            # Out of its idle list, the worker waits for this release
+            # alone, even where its wait ran out meanwhile (see _park).
+            worker.baton.release()
+        if self._slot >= 0 and running >= FAIR_LEAD:
+            until = fair_pause(self._loads, self._states, self._slot,
+                               running, limit, self._last_end)
+            if until:
+                self._server._pause_accepting(until / 1e9)
 
     def _start_worker(self, request, client_address):
         """A new worker for the request; lock held.
@@ -178,8 +240,9 @@ class WorkerPool:
     def _end_request(self):
         """Count one request less; resume accepting if it freed a slot."""
         self._running -= 1
-        if self._load is not None:
-            self._load[0] = self._running
+        if self._slot >= 0:
+            self._loads[self._slot] = self._running
+            self._last_end = monotonic_ns()
         if self._accept_paused and (self._limit is None
                                     or self._running < self._limit):
             self._accept_paused = False

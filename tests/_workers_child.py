@@ -52,8 +52,8 @@ class StreamHandler(fastsock.StreamRequestHandler):
                 cpus = sorted(os.sched_getaffinity(0))
                 self.wfile.write(f"{os.getpid()} {cpus}\n".encode())
             elif name == "load":
-                board = getattr(self.server, "_worker_load", None)
-                load = -1 if board is None else board[0]
+                board = getattr(self.server, "_fair_board", None)
+                load = -1 if board is None else board[0][board[2]]
                 self.wfile.write(f"{os.getpid()} {load}\n".encode())
             elif name == "slow":
                 self.wfile.write(f"started {os.getpid()}\n".encode())

@@ -634,3 +634,107 @@ def test_a_baton_released_in_one_thread_wakes_its_waiter(baton):
     waiter.join(TIMEOUT)
     assert woken == [True]
     assert not lock.locked()
+
+
+# -- fairness between prefork workers (the pool's part) ------------------------
+
+def _pool_builds():
+    """fastsock/_workers.py as the pure engine imports it, and compiled."""
+    builds = [pytest.param("fastsock._workers", id="python")]
+    try:
+        importlib.import_module("fastsock._cworkers")
+    except ImportError:
+        pass
+    else:
+        builds.append(pytest.param("fastsock._cworkers", id="cython"))
+    return builds
+
+
+def _board(loads, states):
+    """A fairness board as the supervisor lays it out: int64 loads, then
+    int64 states, in one buffer."""
+    import array
+    view = memoryview(array.array("q", loads + states))
+    return view[:len(loads)], view[len(loads):]
+
+
+@pytest.mark.parametrize("build", _pool_builds())
+def test_the_fairness_rule(build):
+    rule = importlib.import_module(build)
+    accepting, lead = rule.ACCEPTING, rule.FAIR_LEAD
+    loads, states = _board([lead, 0, 0], [accepting] * 3)
+    # Ahead of the least loaded accepting worker by FAIR_LEAD: paused.
+    before = time.monotonic_ns()
+    until = rule.fair_pause(loads, states, 0, lead, None)
+    assert before + rule.FAIR_PAUSE_NS <= until <= (
+        time.monotonic_ns() + rule.FAIR_PAUSE_NS)
+    assert states[0] == until and list(states[1:]) == [accepting] * 2
+    # Not that far ahead; at its own bound; a request just ended: no pause.
+    loads, states = _board([lead + 1, 2, 3], [accepting] * 3)
+    assert rule.fair_pause(loads, states, 0, lead + 1, None) == 0
+    loads, states = _board([lead, 0], [accepting] * 2)
+    assert rule.fair_pause(loads, states, 0, lead, lead) == 0
+    assert rule.fair_pause(loads, states, 0, lead, None,
+                           time.monotonic_ns()) == 0
+    assert list(states) == [accepting] * 2
+    # Workers paused, or not serving, do not count: the least loaded one
+    # that accepts never pauses, so some worker always accepts.
+    far = time.monotonic_ns() + 10**10
+    loads, states = _board([lead, 0, 0], [accepting, far, 0])
+    assert rule.fair_pause(loads, states, 0, lead, None) == 0
+    # A pause that has ended counts as accepting.
+    loads, states = _board([lead, 0], [accepting, 2])
+    assert rule.fair_pause(loads, states, 0, lead, None) > 0
+
+
+class _FairServer:
+    """What WorkerPool reads of a prefork worker's server."""
+
+    max_threads = None
+    daemon_threads = True
+    worker_idle_timeout = None
+
+    def __init__(self, board, release):
+        self._fair_board = board
+        self._release = release
+        self.pauses = []
+
+    def process_request_thread(self, request, client_address):
+        self._release.wait(TIMEOUT)
+
+    def _pause_accepting(self, until=None):
+        self.pauses.append(until)
+
+    def _resume_accepting(self):
+        pass
+
+
+@pytest.mark.parametrize("build", _pool_builds())
+def test_a_pool_publishes_its_load_and_pauses_when_ahead(build, monkeypatch):
+    module = importlib.import_module(build)
+    loads, states = _board([0, 0], [module.ACCEPTING] * 2)
+    release = threading.Event()
+    server = _FairServer((loads, states, 0), release)
+    pool = module.WorkerPool(server)
+    try:
+        for n in range(1, module.FAIR_LEAD + 1):
+            pool.submit(None, None)
+            assert loads[0] == n
+        # FAIR_LEAD more than the other worker, and no request ended yet.
+        assert len(server.pauses) == 1
+        assert server.pauses[0] == states[0] / 1e9
+        release.set()  # every request ends
+        wait_until(lambda: loads[0] == 0)
+        release.clear()
+        states[0] = module.ACCEPTING
+        # Within FAIR_QUIET_NS of a request's end (made an hour, so that
+        # the test does not depend on the clock), no pause however far
+        # ahead: requests that keep ending do not pile up.
+        monkeypatch.setattr(module, "FAIR_QUIET_NS", 3600 * 10**9)
+        for n in range(module.FAIR_LEAD + 2):
+            pool.submit(None, None)
+        assert loads[0] == module.FAIR_LEAD + 2
+        assert len(server.pauses) == 1
+    finally:
+        release.set()
+        pool.close(wait=False)

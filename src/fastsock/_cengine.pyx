@@ -75,7 +75,8 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject_AsFileDescriptor
 from cpython.pythread cimport (
     PY_LOCK_ACQUIRED, PyLockStatus, PyThread_allocate_lock,
-    PyThread_free_lock, PyThread_release_lock, PyThread_type_lock)
+    PyThread_free_lock, PyThread_get_thread_ident, PyThread_release_lock,
+    PyThread_type_lock)
 from cpython.ref cimport PyObject, Py_INCREF, Py_XDECREF
 from libc.errno cimport EAGAIN, EINTR
 from libc.limits cimport INT_MAX
@@ -611,6 +612,7 @@ cdef class ServeLoop:
     cdef bint _stopping
     cdef bint _paused
     cdef double _paused_until  # a monotonic() deadline; INF: until resumed
+    cdef unsigned long _loop_thread  # the thread in run(), 0 before
 
     # The server's plan, and the path chosen from it: the shortcuts it
     # had, and the listening socket's class's version tag then.
@@ -666,6 +668,7 @@ cdef class ServeLoop:
         cdef int interval_ms = (-1 if poll_interval is None
                                 else _timeout_ms(poll_interval))
         server = self._server
+        self._loop_thread = PyThread_get_thread_ident()
         self._choose_path(self._plan.current())
         while not self._stopping:
             timeout_ms = self._prepare_wait(interval_ms)
@@ -967,12 +970,19 @@ cdef class ServeLoop:
         """Stop watching the listener until ``until`` (monotonic) or resumed."""
         self._paused_until = INF if until is None else until
         self._paused = True
-        fs_poller_wake(&self._poller)
+        self._wake_unless_looping()
 
     def resume_accepting(self):
         """Watch the listener again at once; thread-safe."""
         self._paused = False
-        fs_poller_wake(&self._poller)
+        self._wake_unless_looping()
+
+    cdef void _wake_unless_looping(self):
+        # The loop's own thread (a request taken in the loop, the fairness
+        # rule) needs no wake-up: it looks at the pause before its next
+        # wait.  Any other thread's change must end the wait.
+        if PyThread_get_thread_ident() != self._loop_thread:
+            fs_poller_wake(&self._poller)
 
     def close(self):
         """Release the poller and wake-up descriptors."""
