@@ -1,7 +1,7 @@
 """How evenly prefork workers share a burst of keep-alive connections.
 
     python bench/fairness_burst.py [--runs 30] [--busy 2] [--workers 4]
-                                   [--connections 64]
+                                   [--connections 64] [--churn 2]
 
 Per engine, ``--runs`` times: start tests/_workers_child.py (a
 ThreadingTCPServer with ``workers``), open ``--connections`` keep-alive
@@ -10,7 +10,10 @@ count the connections each worker answered.  ``--busy`` processes spin on
 the CPUs meanwhile, as other work on a loaded machine would (tests/
 test_workers.py's fairness test checks the same on 2 cores without them).
 Prints the least and most connections any worker held, and the runs in
-which a worker fell outside 0.5..1.5 of its fair share.  Loopback only;
+which a worker fell outside 0.5..1.5 of its fair share.  ``--churn``
+processes make short requests meanwhile (connect, one request, close, in a
+loop, from before the burst to the count), the mixed load in which the
+fairness rule stands aside (fastsock._workers.fair_pause).  Loopback only;
 every process it starts, it ends.
 """
 
@@ -35,20 +38,32 @@ def spin():
         pass
 
 
+def churn(address, stop):
+    """Connection per request until ``stop`` is set."""
+    while not stop.is_set():
+        try:
+            with socket.create_connection(address, TIMEOUT) as sock:
+                sock.sendall(b"pid\n")
+                answering_pid(sock)
+        except (OSError, ValueError):
+            time.sleep(0.01)  # the server is going away
+
+
 def answering_pid(sock):
     """The pid in the answer to the request sent on ``sock``."""
     with sock.makefile("rb") as answer:
         return int(answer.readline().split()[0])
 
 
-def one_burst(engine, workers, connections):
+def one_burst(engine, workers, connections, churners=0):
     env = dict(os.environ, FASTSOCK_PURE="1" if engine == "python" else "0",
                PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
     config = json.dumps({"kind": "threading", "workers": workers})
     proc = subprocess.Popen([sys.executable, CHILD, config], env=env,
                             stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL)
-    socks = []
+    socks, churning = [], []
+    stop = multiprocessing.Event()
     try:
         ready, _, _ = select.select([proc.stdout], [], [], TIMEOUT)
         if not ready:
@@ -68,6 +83,13 @@ def one_burst(engine, workers, connections):
             with socket.create_connection(address, TIMEOUT) as sock:
                 sock.sendall(b"pid\n")
                 seen.add(answering_pid(sock))
+        churning += [multiprocessing.Process(target=churn,
+                                             args=(address, stop))
+                     for _ in range(churners)]
+        for process in churning:
+            process.start()
+        if churning:
+            time.sleep(0.2)  # short requests in flight before the burst
         for _ in range(connections):
             connect().sendall(b"pid\n")
         counts = {pid: 0 for pid in seen}
@@ -76,6 +98,12 @@ def one_burst(engine, workers, connections):
             counts[pid] = counts.get(pid, 0) + 1
         return sorted(counts.values())
     finally:
+        stop.set()
+        for process in churning:
+            process.join(TIMEOUT)
+            if process.is_alive():
+                process.kill()
+                process.join()
         for sock in socks:
             sock.close()
         proc.kill()
@@ -89,6 +117,7 @@ def main():
     parser.add_argument("--busy", type=int, default=0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--churn", type=int, default=0)
     parser.add_argument("--engine", action="append",
                         choices=["python", "compiled"])
     args = parser.parse_args()
@@ -100,9 +129,11 @@ def main():
         fair = args.connections / args.workers
         print(f"{args.connections} connections over {args.workers} workers "
               f"(fair share {fair:g}), {args.busy} busy loops, "
+              f"{args.churn} connection-per-request clients, "
               f"{os.cpu_count()} CPUs")
         for engine in args.engine or ["python", "compiled"]:
-            spreads = [one_burst(engine, args.workers, args.connections)
+            spreads = [one_burst(engine, args.workers, args.connections,
+                                 args.churn)
                        for _ in range(args.runs)]
             outside = sum(1 for counts in spreads
                           if counts[0] < 0.5 * fair or counts[-1] > 1.5 * fair)
