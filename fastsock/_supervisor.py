@@ -174,9 +174,9 @@ Fairness
     ``python bench/fairness_burst.py --busy 2`` (the burst above with two
     busy loops of other processes on the cores, 30 runs per engine):
     13..18 (pure) and 13..19 (compiled), none outside 8..24; with four
-    busy loops (20 runs), 14..18 and 12..19.  Connection per request over 2 workers
-    (``bench/run.py --multicore``, 64 connections, runs interleaved, the
-    medians): client closes first 18.5k requests/s against 18.8k without
+    busy loops (20 runs), 14..18 and 12..19.  Connection per request over
+    2 workers (``bench/run.py --multicore``, 64 connections, runs
+    interleaved, the medians): client closes first 18.5k requests/s against 18.8k without
     fairness and 14.0k with the rule before the quiet window; server
     closes first 16.1k, 18.0k and 11.8k (noisy: 14.3..19.0k); keep-alive
     (256 connections) 108k, 105k, 102k.  Before that, the rule ran around
@@ -290,12 +290,12 @@ class Supervisor:
             os.set_blocking(self._wake_w, False)
             slots = _BOARD_SLOTS_PER_WORKER * self._count
             # Per slot: the load, then (in the second half) the worker's
-            # accepting state (see _count_requests).
+            # accepting state (fastsock._workers.fair_pause).
             self._board = mmap.mmap(-1, 2 * 8 * slots)
             self._free_slots = list(range(slots - 1, -1, -1))
             self._view = memoryview(self._board).cast("q")
             self._loads = self._view[:slots]
-            self._accepting = self._view[slots:]
+            self._states = self._view[slots:]
             self._cpus = None
             if server.worker_cpu_affinity and hasattr(os, "sched_getaffinity"):
                 self._cpus = sorted(os.sched_getaffinity(0))
@@ -355,7 +355,7 @@ class Supervisor:
             self._close_status(worker)
             self._close_life(worker)
         if self._board is not None:
-            for view in (self._loads, self._accepting, self._view):
+            for view in (self._loads, self._states, self._view):
                 view.release()
             self._board.close()
             self._board = None
@@ -533,7 +533,7 @@ class Supervisor:
         self._close_status(worker)
         self._close_life(worker)
         if worker.slot is not None:
-            self._loads[worker.slot] = self._accepting[worker.slot] = 0
+            self._loads[worker.slot] = self._states[worker.slot] = 0
             self._free_slots.append(worker.slot)
         expected = worker.stopping or self._stopping
         self._log_exit(worker, status, expected)
@@ -587,7 +587,7 @@ class Supervisor:
         # None: every slot is held by workers still finishing (rare).
         slot = self._free_slots.pop() if self._free_slots else None
         if slot is not None:
-            self._loads[slot] = self._accepting[slot] = 0
+            self._loads[slot] = self._states[slot] = 0
         status_r = status_w = life_r = life_w = None
         try:
             status_r, status_w = os.pipe()
@@ -655,10 +655,10 @@ class Supervisor:
             self._count_requests(server, slot, status_fd)
             os.write(status_fd, _READY)
             if slot is not None:
-                self._accepting[slot] = ACCEPTING
+                self._states[slot] = ACCEPTING
             BaseServer.serve_forever(server, self._poll_interval)
             if slot is not None:
-                self._accepting[slot] = 0
+                self._states[slot] = 0
             from ._graceful import _GracefulStop
             finishing = _GracefulStop(server, server.graceful_timeout)
             finishing.loop_ended()
@@ -705,13 +705,13 @@ class Supervisor:
             limit += random.randint(0, server.max_requests_jitter or 0)
         fair = slot is not None and _is_stream(server)
         if fair and isinstance(server, ThreadingMixIn):
-            server._fair_board = (self._loads, self._accepting, slot)
+            server._fair_board = (self._loads, self._states, slot)
         forking_fair = fair and hasattr(server, "active_children")
         if limit is None and not forking_fair:
             return
         original = server.process_request
         taken = 0
-        loads, states = self._loads, self._accepting
+        loads, states = self._loads, self._states
 
         def process_request(request, client_address):
             nonlocal taken

@@ -636,7 +636,7 @@ def test_a_baton_released_in_one_thread_wakes_its_waiter(baton):
     assert not lock.locked()
 
 
-# -- fairness between prefork workers (the pool's part) ------------------------
+# -- fairness between prefork workers (the pool's part) --------------------
 
 def _pool_builds():
     """fastsock/_workers.py as the pure engine imports it, and compiled."""
