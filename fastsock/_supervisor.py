@@ -152,36 +152,41 @@ Fairness
     until a given ``time.monotonic_ns()``, a clock every process shares).
 
     The rule (``fastsock._workers.fair_pause``): after each request it
-    takes, a worker whose load is ``FAIR_LEAD`` (2) or more above the
-    least loaded worker that accepts *now* stops accepting for
-    ``FAIR_PAUSE_NS`` (1 ms), so that the next connections go to the
-    others.  A paused worker does not count as one that accepts, so the
-    least loaded one never pauses and some worker always accepts (a rule
-    against the mean of all paused every worker at once).  A longer pause
-    (5 ms) let one worker take a whole burst while the others were paused.
-    A worker one of whose requests ended within ``FAIR_QUIET_NS`` (1 ms)
-    stands aside: connections that come and go (one request each) make
-    loads swing by more than the lead all the time, the rule then kept
-    one worker or another paused, and the kernel's in-turn wake-ups
-    spread such connections anyway.  A burst of long connections that
-    comes in the middle of a flood of short ones is spread by the kernel
-    alone.  A ThreadingMixIn worker's pool applies the rule as it takes
-    the request (compiled with the pool in the compiled engine, which so
-    keeps its direct hand-off to the pool); a ForkingMixIn worker's
-    process_request is wrapped for it.  The supervisor makes no pool: one
-    made before the fork published its load nowhere.
+    takes, a worker whose load is ``FAIR_LEAD`` (2) or more above the least
+    loaded worker that accepts *now* stops accepting for ``FAIR_PAUSE_NS``
+    (1 ms), so that the next connections go to the others.  A paused worker
+    does not count as one that accepts, so the least loaded one never pauses
+    and some worker always accepts (a rule against the mean of all paused
+    every worker at once).  A longer pause (5 ms) let one worker take a
+    whole burst while the others were paused.  A worker one of whose
+    requests ended within ``FAIR_QUIET_NS`` (1 ms) stands aside: connections
+    that come and go (one request each) make loads swing by more than the
+    lead all the time, the rule then kept one worker or another paused, and
+    the kernel's in-turn wake-ups spread such connections anyway.  The
+    others still apply the rule, so a burst of long connections in the
+    middle of a flood of short ones is still spread (below).  A
+    ThreadingMixIn worker's pool applies the rule as it takes the request
+    (compiled with the pool in the compiled engine, which so keeps its
+    direct hand-off to the pool); a ForkingMixIn worker's process_request is
+    wrapped for it.  The supervisor makes no pool: one made before the fork
+    published its load nowhere.
 
     ``python bench/fairness_burst.py --busy 2`` (the burst above with two
-    busy loops of other processes on the cores, 30 runs per engine):
-    13..18 (pure) and 13..19 (compiled), none outside 8..24; with four
-    busy loops (20 runs), 14..18 and 12..19.  Connection per request over
-    2 workers (``bench/run.py --multicore``, 64 connections, runs
-    interleaved, the medians): client closes first 18.5k requests/s against 18.8k without
-    fairness and 14.0k with the rule before the quiet window; server
-    closes first 16.1k, 18.0k and 11.8k (noisy: 14.3..19.0k); keep-alive
-    (256 connections) 108k, 105k, 102k.  Before that, the rule ran around
-    process_request, which cost the compiled engine its direct hand-off
-    (9 us of CPU per request more, measured with the rule's pause off).
+    busy loops of other processes on the cores, 30 runs per engine): 13..18
+    (pure) and 13..19 (compiled), none outside 8..24; with four busy loops
+    (20 runs), 14..18 and 12..19.  With connection-per-request clients
+    beside the burst (``--churn``, 50 runs per engine): 2 clients, 13..19
+    and 14..18; 8 clients, 13..21 and 11..22; 8 clients and 2 busy loops,
+    12..21 and 10..21; none outside 8..24.  Without the rule (pure engine,
+    50 runs), 8 to 10 runs fell outside: 7..37 alone, 8..29 and 3..34 with 2
+    and 8 clients.  Connection per request over 2 workers (``bench/run.py
+    --multicore``, 64 connections, runs interleaved, the medians): client
+    closes first 18.5k requests/s against 18.8k without fairness and 14.0k
+    with the rule before the quiet window; server closes first 16.1k, 18.0k
+    and 11.8k (noisy: 14.3..19.0k); keep-alive (256 connections) 108k, 105k,
+    102k.  Before that, the rule ran around process_request, which cost the
+    compiled engine its direct hand-off (9 us of CPU per request more,
+    measured with the rule's pause off).
 
     A sequential server holds one request at a time and needs nothing;
     nor does a datagram server.  The board has 4N slots: workers that are
