@@ -12,8 +12,9 @@ test_workers.py's fairness test checks the same on 2 cores without them).
 Prints the least and most connections any worker held, and the runs in
 which a worker fell outside 0.5..1.5 of its fair share.  ``--churn``
 processes make short requests meanwhile (connect, one request, close, in a
-loop, from before the burst to the count), the mixed load in which the
-fairness rule stands aside (fastsock._workers.fair_pause).  Loopback only;
+loop, from before the burst to the count): a worker that has just ended
+a request stands aside from the fairness rule (fastsock._workers.fair_pause),
+and this shows whether the others still spread the burst.  Loopback only;
 every process it starts, it ends.
 """
 
