@@ -41,6 +41,22 @@ def _apply_workers(count):
         _server.TCPServer.request_queue_size = WORKERS_BACKLOG
 
 
+def _positive_seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _apply_worker_timeout(seconds):
+    from . import _server
+    _server.BaseServer.worker_timeout = seconds
+
+
 def _apply_systemd(_):
     """Offer the sockets systemd passed to the program's servers: each
     server takes the first of its kind instead of binding."""
@@ -72,6 +88,11 @@ OPTIONS = [
                        help="serve with N worker processes (prefork), "
                             "supervised by this one"),
      _apply_workers),
+    ("--worker-timeout", dict(type=_positive_seconds, metavar="SECONDS",
+                              help="kill and replace a worker whose loop "
+                                   "has not turned for SECONDS (stuck in a "
+                                   "request)"),
+     _apply_worker_timeout),
     ("--systemd", dict(action="store_true",
                        help="serve on the sockets systemd passed (socket "
                             "activation) instead of binding"),

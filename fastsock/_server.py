@@ -123,6 +123,34 @@ def _open_reserve():
         return None
 
 
+def _on_every_loop_turn(server, action):
+    """Make ``server``'s loops call ``action()`` on every turn, after the
+    server's own ``service_actions()``; return what undoes it.
+
+    For what must stop when a loop is stuck in a request (the systemd
+    watchdog, a worker's heartbeat): an instance attribute
+    ``service_actions``, which both engines call on every turn (the
+    compiled one notices it and takes one request per turn instead of a
+    batch).  The caller cuts the poll interval so that an idle loop turns
+    often enough.
+    """
+    saved = vars(server).get("service_actions")
+    own_actions = server.service_actions
+
+    def service_actions():
+        own_actions()
+        action()
+
+    server.service_actions = service_actions
+
+    def undo():
+        if saved is None:
+            vars(server).pop("service_actions", None)
+        else:
+            server.service_actions = saved
+    return undo
+
+
 # Workers for a server whose ``workers`` is None, when serve_forever() runs
 # in the main thread: what ``python -m fastsock run --workers N`` sets
 # (fastsock._cli).  None: one process.
@@ -155,6 +183,9 @@ class BaseServer:
       (default None: never);
     - ``worker_cpu_affinity``: pin worker i to the i-th CPU the process
       may use, modulo their number (default False);
+    - ``worker_timeout``: a worker whose loop has not turned for that many
+      seconds (stuck in a request, deadlocked) is killed and replaced
+      (default None: never);
     - ``worker_init(index)``: a hook called in each worker after the fork,
       before it serves; ``worker_index`` is that index in a worker and None
       elsewhere.
@@ -166,6 +197,7 @@ class BaseServer:
     max_requests = None
     max_requests_jitter = 0
     worker_cpu_affinity = False
+    worker_timeout = None
     worker_index = None
     # Whether other processes wait on this server's listening socket too
     # (set True in each prefork worker by fastsock._supervisor): an engine

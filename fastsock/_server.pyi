@@ -87,6 +87,7 @@ class BaseServer:
     max_requests: int | None
     max_requests_jitter: int
     worker_cpu_affinity: bool
+    worker_timeout: float | None
     worker_index: int | None
     def worker_init(self, index: int) -> None: ...
     # fastsock's hooks, and what fastsock._backend's engines rely on.

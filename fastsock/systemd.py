@@ -188,22 +188,17 @@ class _LoopNotifier:
 
     READY=1 goes out once per process, when its first loop starts.  The
     watchdog is fed from the loop itself, so that a loop stuck in a
-    request (or dead) stops feeding it: an instance attribute
-    ``service_actions`` is set on the server for the loop's lifetime,
-    calling the server's own ``service_actions`` and then sending
-    WATCHDOG=1 when half the interval has passed.  Both engines call an
-    instance's ``service_actions`` on every loop turn (the compiled one
-    notices the attribute and leaves its batch-taking for one request per
-    turn), and the poll interval is cut to the watchdog's so that an idle
-    loop turns often enough.
+    request (or dead) stops feeding it: for the loop's lifetime, every
+    turn sends WATCHDOG=1 once half the interval has passed
+    (fastsock._server._on_every_loop_turn), and the poll interval is cut
+    to the watchdog's so that an idle loop turns often enough.
     """
 
     def __init__(self, server):
         self._server = server
         self._interval = None
         self._next = None
-        self._saved = None
-        self._feeding = False
+        self._stop_feeding = None
 
     def ready(self):
         """Send READY=1 (and MAINPID), once per process."""
@@ -230,27 +225,14 @@ class _LoopNotifier:
             return poll_interval
         self._next = time.monotonic()
         if feed:
-            server = self._server
-            self._saved = vars(server).get("service_actions")
-            own_actions = server.service_actions
-            beat = self.beat
-
-            def service_actions():
-                own_actions()
-                beat()
-
-            server.service_actions = service_actions
-            self._feeding = True
+            self._stop_feeding = _server._on_every_loop_turn(self._server,
+                                                             self.beat)
         if poll_interval is None or poll_interval > interval:
             poll_interval = interval
         return poll_interval
 
     def stop(self):
         """Take the feeder off the server."""
-        if not self._feeding:
-            return
-        self._feeding = False
-        if self._saved is None:
-            vars(self._server).pop("service_actions", None)
-        else:
-            self._server.service_actions = self._saved
+        stop_feeding, self._stop_feeding = self._stop_feeding, None
+        if stop_feeding is not None:
+            stop_feeding()

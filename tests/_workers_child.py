@@ -1,8 +1,9 @@
 """A server with workers, run in a subprocess by tests/test_workers.py.
 
 ``python _workers_child.py CONFIG`` where CONFIG is a JSON object: ``kind``
-("threading", "plain", "udp", "unix"), ``workers``, and optionally
-``max_requests``, ``graceful_timeout``, ``worker_cpu_affinity``,
+("threading", "plain", "forking", "udp", "unix"), ``workers``, and
+optionally ``max_requests``, ``graceful_timeout``, ``worker_cpu_affinity``,
+``worker_timeout``,
 ``fail_init`` (worker_init raises), ``path`` (Unix socket), ``stdin_stop``
 (a thread calls shutdown() when a line arrives on stdin) and
 ``report_leaks`` (after serve_forever() returns, print what the process
@@ -108,7 +109,7 @@ def main():
     server = cls(address, handler)
     server.workers = config["workers"]
     for name in ("max_requests", "max_requests_jitter", "graceful_timeout",
-                 "worker_cpu_affinity", "fail_init"):
+                 "worker_cpu_affinity", "worker_timeout", "fail_init"):
         if name in config:
             setattr(server, name, config[name])
     if config.get("stdin_stop"):

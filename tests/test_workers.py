@@ -84,10 +84,14 @@ class Child:
 class ServerChild(Child):
     """tests/_workers_child.py with a configuration."""
 
-    def __init__(self, engine, tmp_path, **config):
+    def __init__(self, engine, tmp_path, run_options=None, **config):
+        """``run_options``: run under ``python -m fastsock run`` with those."""
         config.setdefault("kind", "threading")
-        super().__init__([sys.executable, CHILD, json.dumps(config)], engine,
-                         tmp_path, stdin=config.get("stdin_stop", False))
+        runner = [] if run_options is None else [
+            "-m", "fastsock", "run", *run_options]
+        super().__init__([sys.executable, *runner, CHILD, json.dumps(config)],
+                         engine, tmp_path,
+                         stdin=config.get("stdin_stop", False))
         self.kind = config["kind"]
         started = json.loads(self.line())
         self.fileno = started["fileno"]  # the listener, in every worker too
@@ -406,6 +410,56 @@ def test_max_requests_recycles_workers(server):
     assert len(answered | first) > 2
     wait_until(lambda: len(worker_pids(child.pid)) == 2, "two workers")
     assert "exited with status" not in child.stderr()  # all exited 0
+
+
+@pytest.mark.parametrize("setting", [
+    {"worker_timeout": 0.5},
+    {"run_options": ["--worker-timeout", "0.5"]}], ids=["attribute", "option"])
+def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(server, setting):
+    # A sequential worker's loop waits for its request: stuck, for the
+    # supervisor, once that outlasts worker_timeout.
+    child = server(kind="plain", workers=2, **setting)
+    first = set(distinct_workers(child, 2))
+    with child.connect() as stuck:
+        stuck.sendall(b"slow 60\n")
+        victim = int(read_line(stuck).split()[1])
+        # Killed, not left to finish: the connection ends long before 60 s.
+        try:
+            assert stuck.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    wait_until(lambda: len(worker_pids(child.pid) - {victim}) == 2,
+               "a replacement worker", REPLACED_WITHIN)
+    assert victim not in distinct_workers(child, 2)
+    wait_until(lambda: f"(pid {victim}): its loop has not turned"
+               in child.stderr(), "the reason logged")
+    # The other worker, idle all along, was not killed.
+    assert (first - {victim}) <= worker_pids(child.pid)
+
+
+@pytest.mark.parametrize("kind", ["threading", "forking"])
+def test_a_worker_whose_loop_turns_outlives_worker_timeout(server, kind):
+    # Requests in threads or children leave the loop free: however long
+    # they take, an idle or busy worker keeps beating.
+    child = server(kind=kind, workers=2, worker_timeout=0.5,
+                   poll_interval=None)
+    pids = set(distinct_workers(child, 2))
+    with child.connect() as slow:
+        slow.sendall(b"slow 2\n")
+        started = read_line(slow)
+        assert read_line(slow) == started.replace("started", "done")
+    assert worker_pids(child.pid) == pids
+    assert "has not turned" not in child.stderr()
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", True, float("nan")])
+def test_worker_timeout_must_be_a_positive_number(timeout):
+    with fastsock.TCPServer(("127.0.0.1", 0),
+                            fastsock.StreamRequestHandler) as server:
+        server.workers = 2
+        server.worker_timeout = timeout
+        with pytest.raises(ValueError, match="worker_timeout"):
+            server.serve_forever()
 
 
 # A shared listener is watched with EPOLLEXCLUSIVE where the kernel has it.
