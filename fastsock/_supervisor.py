@@ -116,10 +116,14 @@ Dead workers
 
 Stuck workers
     With ``worker_timeout`` (seconds; default None), a worker whose loop
-    has not turned for that long is killed (SIGKILL, logged with the time
-    it was silent) and replaced, as gunicorn's ``timeout`` does: a
-    sequential worker held by one request, a deadlock, a C call that keeps
-    the GIL.  Each turn of a worker's loop marks the time on its slot of
+    has not turned for that long is killed (logged with the time it was
+    silent) and replaced, as gunicorn's ``timeout`` does: a sequential
+    worker held by one request, a deadlock, a C call that keeps the GIL.
+    Where faulthandler is enabled (``python -X faulthandler``,
+    ``PYTHONFAULTHANDLER=1``), the worker gets SIGABRT, on which
+    faulthandler prints every thread's traceback to stderr, where it is
+    stuck, then SIGKILL if still there after ``_ABORT_GRACE`` (1 s);
+    otherwise SIGKILL at once.  Each turn of a worker's loop marks the time on its slot of
     the board (the third part; fastsock._server._on_every_loop_turn, as
     the systemd watchdog is fed), its poll interval is cut to a quarter of
     the timeout so that an idle loop turns often enough, and the
@@ -235,6 +239,9 @@ _BACKOFF_MAX = 4.0
 # A worker that dies before it is ready or this soon after start (s)
 # counts as dying at start.
 _QUICK_DEATH = 1.0
+# How long a stuck worker has to print its threads' tracebacks (SIGABRT,
+# where faulthandler is enabled) before it gets SIGKILL (s).
+_ABORT_GRACE = 1.0
 # How long an orphaned worker gives its running requests (s).
 _ORPHAN_GRACE = 1.0
 # Slots on the fairness board per worker: workers still finishing after a
@@ -297,6 +304,10 @@ class Supervisor:
         self._reloading = False    # RELOADING=1 sent, READY=1 not yet
         self._count = server._worker_count()
         self._timeout_ns = _timeout_ns(server.worker_timeout)
+        # Enabled here, faulthandler is in every worker: SIGABRT makes a
+        # stuck one print where its threads are.
+        self._abort_stuck = (self._timeout_ns is not None
+                             and _faulthandler_enabled())
         self._pid = os.getpid()
         _log()  # logging imported now, not when a fork fails for memory
         self._stopping = False
@@ -546,7 +557,11 @@ class Supervisor:
                     "worker %d (pid %d): its loop has not turned for %.1f s "
                     "(worker_timeout %g s); killing it", worker.index,
                     worker.pid, (now - beat) / 1e9, self._timeout_ns / 1e9)
-                self._signal(worker, signal.SIGKILL)
+                if self._abort_stuck:
+                    worker.deadline = monotonic() + _ABORT_GRACE
+                    self._signal(worker, signal.SIGABRT)
+                else:
+                    self._signal(worker, signal.SIGKILL)
 
     def _retire(self, worker):
         """Tell a worker to stop gracefully."""
@@ -818,6 +833,14 @@ def _timeout_ns(timeout):
     if timeout is None or timeout == float("inf"):
         return None
     return int(timeout * 1e9)
+
+
+def _faulthandler_enabled():
+    try:
+        import faulthandler
+    except ImportError:
+        return False
+    return faulthandler.is_enabled()
 
 
 def _is_stream(server):

@@ -9,8 +9,9 @@ optionally ``max_requests``, ``graceful_timeout``, ``worker_cpu_affinity``,
 ``report_leaks`` (after serve_forever() returns, print what the process
 holds that it did not hold before), ``serve_until_signal`` (serve with
 fastsock.serve_until_signal() instead, and print ``{"finished": ...}``) and
-``poll_interval`` (serve_forever's; default 0.05, null: none) and
-``ignore_sighup`` (SIGHUP ignored before serving, as ``nohup`` leaves it).
+``poll_interval`` (serve_forever's; default 0.05, null: none),
+``ignore_sighup`` (SIGHUP ignored before serving, as ``nohup`` leaves it)
+and ``no_core_dump``.
 
 It prints one JSON line ``{"address": ..., "pid": ..., "fileno": ...}``
 (the listening socket's descriptor) once listening,
@@ -118,6 +119,9 @@ def main():
             server.shutdown()
         stopper = threading.Thread(target=stop_on_input, daemon=True)
         stopper.start()
+    if config.get("no_core_dump"):  # a worker may be sent SIGABRT
+        import resource
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if config.get("ignore_sighup"):
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     fds_before = open_fds()

@@ -46,11 +46,12 @@ def child_env(engine):
 class Child:
     """A server process that prints JSON lines on stdout."""
 
-    def __init__(self, args, engine, tmp_path, stdin=False):
+    def __init__(self, args, engine, tmp_path, stdin=False, env=None):
         self.stderr_path = tmp_path / "stderr.txt"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
-                args, env=child_env(engine), stdout=subprocess.PIPE,
+                args, env=dict(child_env(engine), **(env or {})),
+                stdout=subprocess.PIPE,
                 stderr=stderr, cwd=tmp_path,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 preexec_fn=DEFAULT_SIGNAL_ACTIONS)
@@ -84,14 +85,16 @@ class Child:
 class ServerChild(Child):
     """tests/_workers_child.py with a configuration."""
 
-    def __init__(self, engine, tmp_path, run_options=None, **config):
-        """``run_options``: run under ``python -m fastsock run`` with those."""
+    def __init__(self, engine, tmp_path, run_options=None, env=None,
+                 **config):
+        """``run_options``: run under ``python -m fastsock run`` with those;
+        ``env``: environment variables to add."""
         config.setdefault("kind", "threading")
         runner = [] if run_options is None else [
             "-m", "fastsock", "run", *run_options]
         super().__init__([sys.executable, *runner, CHILD, json.dumps(config)],
                          engine, tmp_path,
-                         stdin=config.get("stdin_stop", False))
+                         stdin=config.get("stdin_stop", False), env=env)
         self.kind = config["kind"]
         started = json.loads(self.line())
         self.fileno = started["fileno"]  # the listener, in every worker too
@@ -433,8 +436,28 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(server, setting):
     assert victim not in distinct_workers(child, 2)
     wait_until(lambda: f"(pid {victim}): its loop has not turned"
                in child.stderr(), "the reason logged")
+    wait_until(lambda: f"(pid {victim}) was killed by signal 9"
+               in child.stderr(), "the kill logged")
     # The other worker, idle all along, was not killed.
     assert (first - {victim}) <= worker_pids(child.pid)
+
+
+def test_a_stuck_worker_shows_where_it_is_stuck_with_faulthandler(server):
+    child = server(kind="plain", workers=2, worker_timeout=0.5,
+                   no_core_dump=True, env={"PYTHONFAULTHANDLER": "1"})
+    distinct_workers(child, 2)
+    with child.connect() as stuck:
+        stuck.sendall(b"slow 60\n")
+        victim = int(read_line(stuck).split()[1])
+        try:
+            assert stuck.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    wait_until(lambda: f"(pid {victim}) was killed by signal 6 (SIGABRT)"
+               in child.stderr(), "the abort logged")
+    # faulthandler's traceback of the stuck thread: the handler's sleep.
+    traceback = child.stderr().partition("Fatal Python error: Aborted")[2]
+    assert re.search(r'_workers_child\.py", line \d+ in handle', traceback)
 
 
 @pytest.mark.parametrize("kind", ["threading", "forking"])
