@@ -23,6 +23,7 @@ SERVER_LABELS = {
     "fastsock-workers": "fastsock workers",
     "fastsock-workers-affinity": "fastsock workers affinity",
     "fastsock-pure-workers": "fastsock pure workers",
+    "fastsock-workers-timeout": "fastsock workers timeout",
     "asyncio": "asyncio",
     "uvloop": "uvloop",
     "uvloop-reuseport": "uvloop N processes",

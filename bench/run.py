@@ -23,7 +23,8 @@ single-process ``fastsock`` on ThreadingTCPServer for the workloads and
 concurrencies of ``workloads.MULTICORE``.  ``fastsock-pure-workers`` is the
 same with the pure-Python engine, against ``fastsock-pure``; it runs only
 when named (``--multicore --server fastsock-pure --server
-fastsock-pure-workers``).  Its CPU time is the supervisor's
+fastsock-pure-workers``), as does ``fastsock-workers-timeout`` (the
+workers with ``worker_timeout = 30``).  Its CPU time is the supervisor's
 and its workers'; the notes give each worker's memory (RSS, and the part of
 it that is its own: private pages, not shared copy-on-write with the
 supervisor) and the ratio to one process.
@@ -98,6 +99,8 @@ class Server:
     workers: bool = False
     # With workers: worker_cpu_affinity = True (one worker per CPU).
     affinity: bool = False
+    # With workers: their worker_timeout (seconds), or None.
+    worker_timeout: float | None = None
     # Runs as that many processes with SO_REUSEPORT listeners (a reference).
     copies: bool = False
     # Measured only when asked for: with --multicore or by name (--server).
@@ -122,9 +125,13 @@ SERVERS = [
         affinity=True,
         multicore_only=True,
     ),
-    # The pure engine with workers: by name only (--server).
+    # The pure engine with workers, and workers watched for a stuck loop
+    # (the compiled engine then takes one request per loop turn): by name
+    # only (--server).
     Server("fastsock-pure-workers", "fastsock", "python", workers=True,
            multicore_only=True),
+    Server("fastsock-workers-timeout", "fastsock", "cython", workers=True,
+           worker_timeout=30.0, multicore_only=True),
     Server("asyncio", "asyncio", "asyncio", reference=True),
     Server("uvloop", "uvloop", "uvloop", reference=True),
     Server(
@@ -658,6 +665,8 @@ class Bench:
                 argv += ["--workers", str(self.workers)]
             if server.affinity:
                 argv += ["--worker-cpu-affinity"]
+            if server.worker_timeout is not None:
+                argv += ["--worker-timeout", str(server.worker_timeout)]
             if server.copies:
                 argv += ["--copies", str(self.workers)]
         process_class = SupervisedProcess if server.multiprocess else ServerProcess

@@ -21,7 +21,8 @@ can check it measured what it claims.
 ``--workers N`` (fastsock only) serves with N worker processes
 (``workers = N``), as the multi-core section of the benchmark does;
 ``--worker-cpu-affinity`` adds ``worker_cpu_affinity = True`` (each worker
-pinned to one of the CPUs this process may use).  ``--copies N`` (asyncio,
+pinned to one of the CPUs this process may use), ``--worker-timeout S``
+``worker_timeout = S``.  ``--copies N`` (asyncio,
 uvloop; TCP) runs N copies of the reference server in child processes, each
 with its own ``SO_REUSEPORT`` listener on the same port and pinned to one of
 the CPUs this process may use: the usual way to give an event loop every
@@ -138,7 +139,13 @@ def format_address(address):
 
 
 def serve_socketserver(
-    module_name, workload, class_name, address, workers=None, worker_cpu_affinity=False
+    module_name,
+    workload,
+    class_name,
+    address,
+    workers=None,
+    worker_cpu_affinity=False,
+    worker_timeout=None,
 ):
     socketserver = importlib.import_module(module_name)
     sys.modules["socketserver"] = socketserver
@@ -158,6 +165,8 @@ def serve_socketserver(
         if not hasattr(base, "worker_cpu_affinity"):
             raise RuntimeError(f"{module_name} has no worker_cpu_affinity")
         attributes["worker_cpu_affinity"] = True
+    if worker_timeout is not None:
+        attributes["worker_timeout"] = worker_timeout
     server_class = type(class_name, (base,), attributes)
     server = server_class(parse_address(workload, address), handler)
     engine = getattr(socketserver, "BACKEND", "stdlib")
@@ -283,6 +292,11 @@ def main(argv=None):
         help="pin each worker to a CPU (fastsock, with --workers)",
     )
     parser.add_argument(
+        "--worker-timeout",
+        type=float,
+        help="kill a worker whose loop is stuck this long (fastsock, with --workers)",
+    )
+    parser.add_argument(
         "--copies",
         type=int,
         help="processes with SO_REUSEPORT listeners (asyncio, uvloop)",
@@ -306,6 +320,7 @@ def main(argv=None):
             args.address,
             args.workers,
             args.worker_cpu_affinity,
+            args.worker_timeout,
         )
 
 

@@ -529,3 +529,9 @@ def test_multicore_command_line_reports_ratios_and_fairness(tmp_path):
     assert fair["workers"] == 2 and sum(fair["per_worker"]) == 16
     text = results.read_text()
     assert "## Multi-core" in text and "| fastsock-workers | 1 | 16/16 | 2 |" in text
+
+
+def test_every_server_has_a_place_in_the_report():
+    # The report orders and names columns by this table: a server missing
+    # from it fails a run after it measured.
+    assert set(run.SERVER_NAMES) <= set(report.SERVER_LABELS)
