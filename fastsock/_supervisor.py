@@ -115,28 +115,28 @@ Dead workers
     one before, from 0.1 s up to 4 s.
 
 Stuck workers
-    With ``worker_timeout`` (seconds; default None), a worker whose loop
-    has not turned for that long is killed (logged with the time it was
-    silent) and replaced, as gunicorn's ``timeout`` does: a sequential
-    worker held by one request, a deadlock, a C call that keeps the GIL.
-    Where faulthandler is enabled (``python -X faulthandler``,
+    With ``worker_timeout`` (seconds; default None), a worker whose loop has
+    not turned for that long is killed (logged with the time it was silent)
+    and replaced, as gunicorn's ``timeout`` does: a sequential worker held
+    by one request, a deadlock, a C call that keeps the GIL.  Where
+    faulthandler is enabled (``python -X faulthandler``,
     ``PYTHONFAULTHANDLER=1``), the worker gets SIGABRT, on which
     faulthandler prints every thread's traceback to stderr, where it is
     stuck, then SIGKILL if still there after ``_ABORT_GRACE`` (1 s);
-    otherwise SIGKILL at once.  Each turn of a worker's loop marks the time on its slot of
-    the board (the third part; fastsock._server._on_every_loop_turn, as
-    the systemd watchdog is fed), its poll interval is cut to a quarter of
-    the timeout so that an idle loop turns often enough, and the
-    supervisor looks at the marks on every turn of its own.  A worker's
-    requests in threads or children leave its loop free: they may take
-    longer.  Starting (``worker_init``) and finishing after a stop are not
-    watched (``graceful_timeout`` bounds the latter).  The compiled engine
-    then takes one request per loop turn instead of a batch, at no cost
-    measurable here: ``python bench/run.py --multicore --server
-    fastsock-workers --server fastsock-workers-timeout --reps 5`` (2
-    workers, 64 connections unless said; without, then with a 30 s
-    timeout): connection per request 14.8k and 15.6k requests/s (67 and 57
-    us of CPU per request), the client closing first 17.2k and 18.6k,
+    otherwise SIGKILL at once.  Each turn of a worker's loop marks the time
+    on its slot of the board (the third part;
+    fastsock._server._on_every_loop_turn, as the systemd watchdog is fed),
+    its poll interval is cut to a quarter of the timeout so that an idle
+    loop turns often enough, and the supervisor looks at the marks on every
+    turn of its own.  A worker's requests in threads or children leave its
+    loop free: they may take longer.  Starting (``worker_init``) and
+    finishing after a stop are not watched (``graceful_timeout`` bounds the
+    latter).  The compiled engine then takes one request per loop turn
+    instead of a batch, at no cost measurable here: ``python bench/run.py
+    --multicore --server fastsock-workers --server fastsock-workers-timeout
+    --reps 5`` (2 workers, 64 connections unless said; without, then with a
+    30 s timeout): connection per request 14.8k and 15.6k requests/s (67 and
+    57 us of CPU per request), the client closing first 17.2k and 18.6k,
     keep-alive 113k and 110k, at 256 connections 89k and 94k.
 
 Supervisor death
