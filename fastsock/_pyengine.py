@@ -85,8 +85,9 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
         """A _Waiter for a loop whose listener (``listener_fd``) sibling
         processes wait on too: epoll, the listener watched with
         EPOLLEXCLUSIVE (added, never modified: pausing removes it and adds
-        it back), and put last in the wake-up order after it woke this
-        loop, as includes/poller.h does."""
+        it back), and put last in the wake-up order before this loop
+        sleeps after the listener woke it, as includes/poller.h does (and
+        says why its waits look without sleeping first meanwhile)."""
 
         def __init__(self, listener_fd):
             self._epoll = select.epoll()
@@ -115,14 +116,20 @@ if hasattr(select, "EPOLLEXCLUSIVE"):
             self._epoll.unregister(fd)
 
         def wait(self, ms):
-            if self._rotate and self._exclusive:
-                self._epoll.unregister(self._listener_fd)
-                self._epoll.register(self._listener_fd, _EXCLUSIVE_INPUT)
-            ready = self._epoll.poll(-1 if ms is None else ms / 1000)
+            ready = self._epoll.poll(0) if self._rotate and ms != 0 else None
+            if not ready:
+                if self._rotate:
+                    self._rotate = False
+                    if self._exclusive:
+                        self._epoll.unregister(self._listener_fd)
+                        self._epoll.register(self._listener_fd,
+                                             _EXCLUSIVE_INPUT)
+                ready = self._epoll.poll(-1 if ms is None else ms / 1000)
             if not ready and self._exclusive and self._peek.poll(0):
                 # A wake-up a sibling took and did not act on.
                 ready = [self._listener_ready]
-            self._rotate = self._listener_ready in ready
+            if self._exclusive and self._listener_ready in ready:
+                self._rotate = True
             return ready
 
         def close(self):

@@ -45,8 +45,8 @@ Cost
     count as woken (the kernel goes on to the next; tested with a
     sequential worker held in a request).  The kernel offers each
     wake-up to the workers in the order they added the listener, so a
-    loop that the listener woke adds it again (last) before its next
-    wait: idle workers take connections in turn (without that, one idle
+    loop that the listener woke adds it again (last) before it next
+    sleeps: idle workers take connections in turn (without that, one idle
     worker took every sequential request).  Elsewhere (kqueue, poll())
     each connection wakes every idle worker and all but one find nothing
     to accept.  A wake-up that a worker takes just as it stops or pauses
@@ -57,22 +57,28 @@ Cost
     work; ThreadingTCPServer, 2 workers, connection per request, 64
     connections unless said): with one connection at a time, the loop
     threads woke 1.5-2.0 times per connection before, 1.0 since, in both
-    engines; at 64 connections 0.3-0.7 times per request either way
-    (busy loops rarely wait, and the compiled one accepts up to 64
-    connections per wake-up).  ``python bench/run.py --multicore``, runs
-    interleaved with the code before (the quietest two): compiled engine
-    14.1k -> 15.8k requests/s (0.59x -> 0.65x one process), 68 -> 57 us
-    of CPU per request against 34 for one process; keep-alive level
-    (about 1.0x).  Pure engine (``--server fastsock-pure --server
-    fastsock-pure-workers``): 12.3k -> 11.2k, 93 -> 101 us, the two
-    epoll_ctl() calls that put the listener last, which its loop makes
-    per request (it takes one per wake-up); level with before without
-    them.  The rest of the workers' cost is placement, not the herd: one
-    process left free on both cores costs 60 us per request (each request
-    goes from the loop's thread to a pool thread, and the GIL between
-    cores), 36 pinned to one; 2 workers with ``worker_cpu_affinity``
-    about 40.  Each extra worker costs about 3-8 MiB of memory of its
-    own: the rest is shared copy-on-write with the supervisor.
+    engines; at 64 connections 0.3-0.7 times per request either way (busy
+    loops rarely wait, and the compiled one accepts up to 64 connections per
+    wake-up).  ``python bench/run.py --multicore``, runs interleaved with
+    the code before (the quietest two): compiled engine 14.1k -> 15.8k
+    requests/s (0.59x -> 0.65x one process), 68 -> 57 us of CPU per request
+    against 34 for one process; keep-alive level (about 1.0x).  Pure engine
+    (``--server fastsock-pure --server fastsock-pure-workers``): 12.3k ->
+    11.2k, 93 -> 101 us, the two epoll_ctl() calls that put the listener
+    last, which its loop made per request (it takes one per wake-up).  Since
+    a loop puts the listener last only before it sleeps, and until then
+    looks without sleeping first, a busy loop makes none: pure engine 12.2k
+    -> 13.6k requests/s (90 -> 84 us), the client closing first 10.6k ->
+    12.3k (121 -> 104 us); compiled level (16.2k and 16.0k; 16.3k and
+    16.9k); medians of 5 interleaved runs of ``bench/run.py --multicore
+    --workload tcp-cpr --workload tcp-cpr-close --concurrency 64 --server
+    fastsock-pure-workers --server fastsock-workers --reps 3``.  The rest of
+    the workers' cost is placement, not the herd: one process left free on
+    both cores costs 60 us per request (each request goes from the loop's
+    thread to a pool thread, and the GIL between cores), 36 pinned to one; 2
+    workers with ``worker_cpu_affinity`` about 40.  Each extra worker costs
+    about 3-8 MiB of memory of its own: the rest is shared copy-on-write
+    with the supervisor.
 
 Signals
     =======  ==========================================  ===================

@@ -17,9 +17,12 @@
  * on its ready list) and the wake-up goes on to the next one, so a worker
  * stuck in a request does not hold connections back.  The kernel offers
  * each wake-up to the pollers in the order they added the listener: a
- * poller that the listener woke takes it out and adds it back before its
- * next wait, which puts it last, so that idle siblings take connections
- * in turn rather than the first one taking them all.  kqueue and poll()
+ * poller that the listener woke takes it out and adds it back before it
+ * next sleeps, which puts it last, so that idle siblings take connections
+ * in turn rather than the first one taking them all.  Until then, its
+ * waits look without sleeping first: a busy loop that finds connections
+ * waiting took no wake-up from its siblings (the kernel goes on to one
+ * that sleeps) and needs no epoll_ctl() calls.  kqueue and poll()
  * have no such flag: every sibling wakes, and all but one find nothing to
  * accept (the listener is non-blocking for that).
  *
@@ -255,17 +258,23 @@ static inline int fs_poller_wait(fs_poller *p, int timeout_ms)
     int n, i, seen = 0;
 #if defined(FS_EPOLL)
     struct epoll_event ev[2];
-    if (p->rotate) {
-        /* Last in the wake-up order (see above).  Should adding it back
-           fail, it is not watched until fs_poller_set_listening() adds it
-           before the next wait, which reports the error. */
-        p->rotate = 0;
-        if (p->exclusive && p->listening
-                && (fs_poller_watch(p, p->listen_fd, 0) < 0
-                    || fs_poller_watch(p, p->listen_fd, 1) < 0))
-            p->listening = 0;
+    n = 0;
+    if (p->rotate && timeout_ms != 0)
+        n = epoll_wait(p->poll_fd, ev, 2, 0);  /* ready without sleeping? */
+    if (n == 0) {
+        if (p->rotate) {
+            /* Last in the wake-up order (see above).  Should adding it
+               back fail, it is not watched until
+               fs_poller_set_listening() adds it before the next wait,
+               which reports the error. */
+            p->rotate = 0;
+            if (p->exclusive && p->listening
+                    && (fs_poller_watch(p, p->listen_fd, 0) < 0
+                        || fs_poller_watch(p, p->listen_fd, 1) < 0))
+                p->listening = 0;
+        }
+        n = epoll_wait(p->poll_fd, ev, 2, timeout_ms);
     }
-    n = epoll_wait(p->poll_fd, ev, 2, timeout_ms);
     if (n < 0)
         return -errno;
     for (i = 0; i < n; i++)
@@ -273,7 +282,7 @@ static inline int fs_poller_wait(fs_poller *p, int timeout_ms)
     if (n == 0 && p->exclusive && p->listening
             && fs_input_pending(p->listen_fd))
         seen = FS_LISTENER_READY;
-    p->rotate = p->exclusive && (seen & FS_LISTENER_READY);
+    p->rotate |= p->exclusive && (seen & FS_LISTENER_READY);
 #elif defined(FS_KQUEUE)
     struct kevent ev[2];
     struct timespec ts, *tsp = NULL;
