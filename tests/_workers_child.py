@@ -20,6 +20,7 @@ line (or datagram) is a command:
 
 - ``pid``: answers ``PID INDEX INIT_INDEX``;
 - ``slow SECONDS``: answers ``started PID``, sleeps, answers ``done PID``;
+- ``gil SECONDS``: the same as ``slow``, but sleeps holding the GIL;
 - ``hold``: answers ``started PID``, waits for the next line, answers
   ``done PID``;
 - ``cpus``: answers ``PID [CPUS]``, the CPUs it may run on;
@@ -60,6 +61,11 @@ class StreamHandler(fastsock.StreamRequestHandler):
             elif name == "slow":
                 self.wfile.write(f"started {os.getpid()}\n".encode())
                 time.sleep(float(argument))
+                self.wfile.write(f"done {os.getpid()}\n".encode())
+            elif name == "gil":  # sleep holding the GIL: nothing else runs
+                import ctypes
+                self.wfile.write(f"started {os.getpid()}\n".encode())
+                ctypes.PyDLL(None).usleep(int(float(argument) * 1e6))
                 self.wfile.write(f"done {os.getpid()}\n".encode())
             elif name == "hold":
                 self.wfile.write(f"started {os.getpid()}\n".encode())

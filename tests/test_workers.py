@@ -442,6 +442,24 @@ def test_a_worker_whose_loop_is_stuck_is_killed_and_replaced(server, setting):
     assert (first - {victim}) <= worker_pids(child.pid)
 
 
+def test_a_worker_whose_request_keeps_the_gil_is_killed(server):
+    # A threading worker's loop runs beside its requests, unless one of
+    # them keeps the GIL (a C call that does not release it).
+    child = server(kind="threading", workers=2, worker_timeout=0.5)
+    distinct_workers(child, 2)
+    with child.connect() as stuck:
+        stuck.sendall(b"gil 30\n")
+        victim = int(read_line(stuck).split()[1])
+        try:
+            assert stuck.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    wait_until(lambda: f"(pid {victim}): its loop has not turned"
+               in child.stderr(), "the reason logged")
+    wait_until(lambda: len(worker_pids(child.pid) - {victim}) == 2,
+               "a replacement worker", REPLACED_WITHIN)
+
+
 def test_a_stuck_worker_shows_where_it_is_stuck_with_faulthandler(server):
     child = server(kind="plain", workers=2, worker_timeout=0.5,
                    no_core_dump=True, env={"PYTHONFAULTHANDLER": "1"})
