@@ -2,6 +2,7 @@
 
     python bench/fairness_burst.py [--runs 30] [--busy 2] [--workers 4]
                                    [--connections 64] [--churn 2]
+                                   [--at-once] [--warm 64]
 
 Per engine, ``--runs`` times: start tests/_workers_child.py (a
 ThreadingTCPServer with ``workers``), open ``--connections`` keep-alive
@@ -14,8 +15,13 @@ which a worker fell outside 0.5..1.5 of its fair share.  ``--churn``
 processes make short requests meanwhile (connect, one request, close, in a
 loop, from before the burst to the count): a worker that has just ended
 a request stands aside from the fairness rule (fastsock._workers.fair_pause),
-and this shows whether the others still spread the burst.  Loopback only;
-every process it starts, it ends.
+and this shows whether the others still spread the burst.  ``--at-once``
+starts every connect before the first request is sent, so that the whole
+burst waits in the listen queue (as bench/run.py's fairness measurement
+opens it); ``--warm N`` first makes N connections run requests for a
+moment and close, so that the workers' pools hand the burst to idle
+threads, as after a load.  Loopback only; every process it starts, it
+ends.
 """
 
 import argparse
@@ -56,7 +62,8 @@ def answering_pid(sock):
         return int(answer.readline().split()[0])
 
 
-def one_burst(engine, workers, connections, churners=0):
+def one_burst(engine, workers, connections, churners=0, at_once=False,
+              warm=0):
     env = dict(os.environ, FASTSOCK_PURE="1" if engine == "python" else "0",
                PYTHONPATH=os.pathsep.join([ROOT] + sys.path))
     config = json.dumps({"kind": "threading", "workers": workers})
@@ -91,8 +98,33 @@ def one_burst(engine, workers, connections, churners=0):
             process.start()
         if churning:
             time.sleep(0.2)  # short requests in flight before the burst
-        for _ in range(connections):
-            connect().sendall(b"pid\n")
+        if warm:
+            # Every worker's pool holds idle threads, as after a load: a
+            # burst is then handed off without starting threads.
+            warming = [connect() for _ in range(warm)]
+            for _ in range(20):
+                for sock in warming:
+                    sock.sendall(b"pid\n")
+                for sock in warming:
+                    answering_pid(sock)
+            for sock in warming:
+                sock.close()
+            socks.clear()
+            time.sleep(0.2)  # every request over, out of the quiet window
+        if at_once:
+            # Every connect started before any request is sent: the whole
+            # burst waits in the listen queue as the workers wake.
+            for _ in range(connections):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.setblocking(False)
+                sock.connect_ex(address)
+            for sock in socks:
+                sock.settimeout(TIMEOUT)
+                sock.sendall(b"pid\n")
+        else:
+            for _ in range(connections):
+                connect().sendall(b"pid\n")
         counts = {pid: 0 for pid in seen}
         for sock in socks:
             pid = answering_pid(sock)
@@ -119,6 +151,10 @@ def main():
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--churn", type=int, default=0)
+    parser.add_argument("--at-once", action="store_true",
+                        help="start every connect before sending a request")
+    parser.add_argument("--warm", type=int, default=0,
+                        help="connections that warm the pools up first")
     parser.add_argument("--engine", action="append",
                         choices=["python", "compiled"])
     args = parser.parse_args()
@@ -134,7 +170,7 @@ def main():
               f"{os.cpu_count()} CPUs")
         for engine in args.engine or ["python", "compiled"]:
             spreads = [one_burst(engine, args.workers, args.connections,
-                                 args.churn)
+                                 args.churn, args.at_once, args.warm)
                        for _ in range(args.runs)]
             outside = sum(1 for counts in spreads
                           if counts[0] < 0.5 * fair or counts[-1] > 1.5 * fair)

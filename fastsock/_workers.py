@@ -50,7 +50,7 @@ from time import monotonic_ns
 
 # Fairness between the prefork workers of one server (fastsock._supervisor
 # explains the board and why): a worker serving FAIR_LEAD requests more
-# than the least loaded worker that accepts now stops accepting for
+# than the least loaded serving worker, paused or not, stops accepting for
 # FAIR_PAUSE_NS.  A worker's state on the board: 0 while it does not serve;
 # while it serves, ACCEPTING or the time.monotonic_ns() at which its pause
 # ends (or ended): that clock is the same in every process.
@@ -82,10 +82,13 @@ def fair_pause(loads, states, slot, load, bound, last_end=0):
     now = monotonic_ns()
     if now - last_end < FAIR_QUIET_NS:
         return 0
+    # Paused workers count too: left out, a worker whose pause has just
+    # ended, among others still paused, would see itself as the lowest and
+    # take a whole burst.
     lowest = load
     for i in range(len(loads)):
         state = states[i]
-        if ACCEPTING <= state <= now and loads[i] < lowest:
+        if state >= ACCEPTING and loads[i] < lowest:
             lowest = loads[i]
     if load - lowest < FAIR_LEAD:
         return 0

@@ -677,14 +677,22 @@ def test_the_fairness_rule(build):
     assert rule.fair_pause(loads, states, 0, lead, None,
                            time.monotonic_ns()) == 0
     assert list(states) == [accepting] * 2
-    # Workers paused, or not serving, do not count: the least loaded one
-    # that accepts never pauses, so some worker always accepts.
-    far = time.monotonic_ns() + 10**10
-    loads, states = _board([lead, 0, 0], [accepting, far, 0])
+    # A worker that does not serve does not count.
+    loads, states = _board([lead, 0, 0], [accepting, 0, 0])
     assert rule.fair_pause(loads, states, 0, lead, None) == 0
-    # A pause that has ended counts as accepting.
+    # A paused worker counts, still paused or not: a worker whose pause
+    # has just ended must not see itself as the least loaded one while
+    # the others are paused.
+    far = time.monotonic_ns() + 10**10
+    loads, states = _board([lead, 0, lead], [accepting, far, far])
+    assert rule.fair_pause(loads, states, 0, lead, None) > 0
     loads, states = _board([lead, 0], [accepting, 2])
     assert rule.fair_pause(loads, states, 0, lead, None) > 0
+    # The least loaded worker never pauses by the rule, however many of
+    # the others are paused.
+    loads, states = _board([lead, 2 * lead, 3 * lead],
+                           [accepting, far, far])
+    assert rule.fair_pause(loads, states, 0, lead, None) == 0
 
 
 class _FairServer:

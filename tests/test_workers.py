@@ -636,16 +636,57 @@ def test_a_threading_worker_publishes_the_requests_it_serves(server):
             sock.close()
 
 
-def test_fair_spread_of_keep_alive_connections(server):
+def open_at_once(child, count):
+    """``count`` connections whose connects all start before any request:
+    the burst waits in the listen queue as the workers wake."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(child.address)
+        for sock in socks:
+            sock.settimeout(TIMEOUT)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+@pytest.mark.parametrize("burst", ["one after the other",
+                                   "at once into warm pools"])
+def test_fair_spread_of_keep_alive_connections(server, burst):
+    """64 keep-alive connections over 4 workers: each holds 0.5 to 1.5
+    times its share.  Warm pools hand a burst to idle threads at once (a
+    rule that let a worker accept while every other was paused gave one
+    worker up to 48 of these)."""
     workers, connections = 4, 64
     child = server(workers=workers)
     distinct_workers(child, workers)
     socks = []
     try:
-        for _ in range(connections):
-            sock = child.connect()
-            sock.sendall(b"pid\n")
-            socks.append(sock)
+        if burst == "one after the other":
+            for _ in range(connections):
+                sock = child.connect()
+                sock.sendall(b"pid\n")
+                socks.append(sock)
+        else:
+            warming = [child.connect() for _ in range(256)]
+            try:
+                for _ in range(20):
+                    for sock in warming:
+                        sock.sendall(b"pid\n")
+                    for sock in warming:
+                        read_line(sock)
+            finally:
+                for sock in warming:
+                    sock.close()
+            time.sleep(0.2)  # every one of those requests over
+            socks = open_at_once(child, connections)
+            for sock in socks:
+                sock.sendall(b"pid\n")
         counts = {}
         for sock in socks:
             pid = int(read_line(sock).split()[0])
