@@ -27,7 +27,8 @@ fastsock-pure-workers``), as does ``fastsock-workers-timeout`` (the
 workers with ``worker_timeout = 30``).  Its CPU time is the supervisor's
 and its workers'; the notes give each worker's memory (RSS, and the part of
 it that is its own: private pages, not shared copy-on-write with the
-supervisor) and the ratio to one process.
+supervisor) and the ratio to one process.  A full run also measures
+fairness (below) with those workers.
 
 ``--multicore`` runs that section alone, with more rows: the stdlib (one
 process), ``fastsock-workers-affinity`` (the same with
@@ -1644,9 +1645,10 @@ def parse_args(argv):
         "--fairness-connections",
         type=int,
         metavar="N",
-        help=f"with --multicore: keep-alive connections opened at once to "
-        f"count connections per worker (default {FAIRNESS_CONNECTIONS}; 0: "
-        f"do not measure)",
+        help=f"keep-alive connections opened at once to count connections "
+        f"per worker of the multi-process servers (default "
+        f"{FAIRNESS_CONNECTIONS} in a full or --multicore run, not --quick; "
+        f"0: do not measure)",
     )
     parser.add_argument(
         "--installed-fastsock",
@@ -1845,7 +1847,9 @@ def main(argv=None):
         pinning = cpus_for_pinning()
     fairness = args.fairness_connections
     if fairness is None:
-        fairness = FAIRNESS_CONNECTIONS if args.multicore and not args.quick else 0
+        # The multi-core section's runs, but not --quick ones, measure it.
+        measured = args.multicore or name == "full"
+        fairness = FAIRNESS_CONNECTIONS if measured and not args.quick else 0
     if fairness and fairness < 1:
         fairness = 0
     estimate = estimate_seconds(groups, settings, fairness)
