@@ -34,6 +34,8 @@ import subprocess
 import sys
 import time
 
+from run import open_at_once  # bench/ is this script's folder
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CHILD = os.path.join(ROOT, "tests", "_workers_child.py")
@@ -112,15 +114,8 @@ def one_burst(engine, workers, connections, churners=0, at_once=False,
             socks.clear()
             time.sleep(0.2)  # every request over, out of the quiet window
         if at_once:
-            # Every connect started before any request is sent: the whole
-            # burst waits in the listen queue as the workers wake.
-            for _ in range(connections):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.setblocking(False)
-                sock.connect_ex(address)
+            socks.extend(open_at_once(address, connections, TIMEOUT))
             for sock in socks:
-                sock.settimeout(TIMEOUT)
                 sock.sendall(b"pid\n")
         else:
             for _ in range(connections):

@@ -470,6 +470,27 @@ def merge_loadgen_results(results):
     return merged
 
 
+def open_at_once(address, count, timeout):
+    """``count`` TCP connections to ``address`` whose connects all start
+    (non-blocking) before any is used, so that the whole burst waits in the
+    listen queue as the server's workers wake; then blocking again, with
+    ``timeout``.  A burst that cannot be opened is closed."""
+    socks = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.setblocking(False)
+            sock.connect_ex(address)
+        for sock in socks:
+            sock.settimeout(timeout)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
 def split_evenly(total, parts):
     """``total`` split into at most ``parts`` positive shares, as even as
     can be (largest first)."""
@@ -1038,15 +1059,10 @@ class Bench:
         host, port = target.address.rsplit(":", 1)
         address, port = (host, int(port)), int(port)
         line = bytes(ord("a") + i % 26 for i in range(63)) + b"\n"
-        socks, answers = [], 0
+        answers = 0
+        socks = open_at_once(address, conns, self.settings.request_timeout)
         try:
-            for _ in range(conns):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.setblocking(False)
-                sock.connect_ex(address)
             for sock in socks:
-                sock.settimeout(self.settings.request_timeout)
                 try:
                     sock.sendall(line)
                 except OSError:
