@@ -170,7 +170,8 @@ class BaseServer:
     that share the listening socket, each running the ordinary loop (with
     the server's mix-in: threads or children per worker), and supervises
     them: a worker that dies is replaced, SIGHUP replaces them all one by
-    one, SIGTERM or SIGINT (where their handlers are the defaults) and
+    one, SIGTTIN adds a worker and SIGTTOU retires one, SIGTERM or SIGINT
+    (where their handlers are the defaults) and
     ``shutdown()`` stop them gracefully, after which serve_forever()
     returns in the calling process only.  ``workers`` None or 1: one
     process, as before (``python -m fastsock run --workers N`` makes None

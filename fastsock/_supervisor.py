@@ -93,6 +93,10 @@ Signals
     SIGHUP   rolling restart: start a new worker, wait   ignored
              until it is ready, stop an old one
              gracefully; repeat for each
+    SIGTTIN  one worker more                             the program's
+    SIGTTOU  one worker fewer (never under one): the     the program's
+             one with the highest index stops
+             gracefully
     SIGIO    -                                           the supervisor may
                                                          be gone (below)
     SIGALRM  -                                           default action
@@ -106,7 +110,16 @@ Signals
     A signal ignored when the program started stays ignored, as Python
     leaves it: under ``nohup`` (SIGHUP ignored) there is no rolling
     restart, and a background job of a shell without job control (SIGINT
-    ignored) stops on SIGTERM only.
+    ignored) stops on SIGTERM only.  SIGTTIN and SIGTTOU change the number
+    of workers as gunicorn's do, except in a background job of the
+    terminal that the supervisor has for stdin, stdout or stderr (checked
+    as it starts): there the terminal sends them for job control (a read,
+    or with ``stty tostop`` a write), and a handler would be called on
+    every retry of the write instead of the job being stopped.  The count
+    is the supervisor's: the server's ``workers`` attribute keeps the
+    number it started with.  Past ``workers`` times 4, new workers serve
+    without a slot on the board (below), so without the fairness rule or
+    ``worker_timeout``.
     The handlers only set a flag and write to the self-pipe.
 
 Dead workers
@@ -280,6 +293,10 @@ _ASYNC_IO = (sys.platform.startswith(("linux", "freebsd", "darwin"))
 _STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGINT")
                       if hasattr(signal, name))
 _SIGHUP = getattr(signal, "SIGHUP", None)
+# SIGTTIN: one worker more; SIGTTOU: one fewer (as gunicorn).
+_RESIZE_SIGNALS = {getattr(signal, name): step
+                   for name, step in (("SIGTTIN", 1), ("SIGTTOU", -1))
+                   if hasattr(signal, name)}
 
 
 class _Worker:
@@ -328,6 +345,7 @@ class Supervisor:
         self._stopping = False
         self._cut_short = False    # a second stop signal: no more grace
         self._reload = False       # SIGHUP received
+        self._resizes = []         # +1/-1 per SIGTTIN/SIGTTOU, not yet done
         self._to_replace = []      # pids of a rolling restart, in order
         self._workers = {}         # pid -> _Worker
         self._quick_deaths = 0
@@ -423,6 +441,10 @@ class Supervisor:
         wanted = {signum: self._on_stop_signal for signum in _STOP_SIGNALS}
         if _SIGHUP is not None:
             wanted[_SIGHUP] = self._on_reload_signal
+        if not _in_background_of_a_terminal():
+            # (A background job's terminal sends them for job control.)
+            for signum in _RESIZE_SIGNALS:
+                wanted[signum] = self._on_resize_signal
         for signum, handler in wanted.items():
             current = signal.getsignal(signum)
             if current in (signal.SIG_DFL, signal.default_int_handler):
@@ -441,6 +463,10 @@ class Supervisor:
 
     def _on_reload_signal(self, signum, frame):
         self._reload = True
+        self._wake()
+
+    def _on_resize_signal(self, signum, frame):
+        self._resizes.append(_RESIZE_SIGNALS[signum])  # atomic
         self._wake()
 
     def _wake(self):
@@ -464,6 +490,8 @@ class Supervisor:
     def _maintain(self):
         """Start the workers that are missing; advance a rolling restart."""
         now = monotonic()
+        if self._resizes:
+            self._resize()
         if self._reload:
             self._reload = False
             if self._notifier is not None and not self._reloading:
@@ -492,6 +520,21 @@ class Supervisor:
             if now < self._next_spawn:
                 break
             self._spawn(index)
+
+    def _resize(self):
+        """Apply SIGTTIN/SIGTTOU: a worker more is started as a missing
+        one; one fewer retires the worker with the highest index (and
+        its replacement, in a rolling restart) gracefully.  Never fewer
+        than one worker."""
+        count = self._count
+        while self._resizes:
+            count = max(1, count + self._resizes.pop(0))
+        if count != self._count:
+            _log().info("workers: %d -> %d", self._count, count)
+            self._count = count
+        for worker in self._active():
+            if worker.index >= count:
+                self._retire(worker)
 
     def _tell_service_manager(self):
         """READY=1 once every worker is ready, and again after a rolling
@@ -766,6 +809,9 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if _SIGHUP is not None:
             signal.signal(_SIGHUP, signal.SIG_IGN)
+        for signum in _RESIZE_SIGNALS:
+            if signum in self._handlers:  # the supervisor's, not the program's
+                signal.signal(signum, self._handlers[signum])
         if threading.current_thread() is threading.main_thread():
             try:
                 signal.set_wakeup_fd(-1)
@@ -914,7 +960,21 @@ def _stop_serving(server):
     server._request_shutdown()
 
 
-_BLOCKED_AT_FORK = set(_STOP_SIGNALS) | ({_SIGHUP} if _SIGHUP else set())
+_BLOCKED_AT_FORK = (set(_STOP_SIGNALS) | ({_SIGHUP} if _SIGHUP else set())
+                    | set(_RESIZE_SIGNALS))
+
+
+def _in_background_of_a_terminal():
+    """Whether this process is a background job of a terminal that it
+    has for stdin, stdout or stderr (whose SIGTTIN/SIGTTOU then stop it
+    for job control, as they should)."""
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) != os.getpgrp()
+        except OSError:
+            continue
+    return False
 
 
 def _block_signals():

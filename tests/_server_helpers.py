@@ -35,7 +35,7 @@ def _default_signal_actions():
     shell without job control starts background commands (pytest among
     them) with SIGINT ignored, ``nohup`` leaves SIGHUP ignored, and Python
     and fastsock's supervisor leave an ignored signal ignored."""
-    for name in ("SIGINT", "SIGHUP"):
+    for name in ("SIGINT", "SIGHUP", "SIGTTIN", "SIGTTOU"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
 
 

@@ -381,6 +381,103 @@ def test_a_sighup_ignored_at_start_stays_ignored(server):
     assert child.wait() == 0
 
 
+def held_by(child, pid):
+    """A connection that worker ``pid`` serves (new ones until it takes
+    one)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        assert time.monotonic() < deadline, f"worker {pid} took none"
+        sock = child.connect()
+        if pid_of(sock) == pid:
+            return sock
+        sock.close()
+
+
+def test_sigttin_adds_a_worker_and_sigttou_retires_one_gracefully(server):
+    child = server(workers=2)
+    first = distinct_workers(child, 2)
+    os.kill(child.pid, signal.SIGTTIN)
+    wait_until(lambda: len(worker_pids(child.pid)) == 3, "a third worker")
+    seen = distinct_workers(child, 3)
+    assert sorted(index for index, _ in seen.values()) == [0, 1, 2]
+    [added] = set(seen) - set(first)
+    assert seen[added] == (2, 2)  # worker_init ran with its index
+    # One fewer: the highest index stops, finishing its request first.
+    sock = held_by(child, added)
+    assert ask(sock, "slow 0.5").startswith("started")
+    os.kill(child.pid, signal.SIGTTOU)
+    assert read_line(sock).startswith("done")
+    sock.close()
+    wait_until(lambda: gone(added), "the retired worker's exit")
+    assert worker_pids(child.pid) == set(first)
+    # Never fewer than one: two more SIGTTOU leave worker 0 alone.
+    os.kill(child.pid, signal.SIGTTOU)
+    wait_until(lambda: len(worker_pids(child.pid)) == 1, "one worker")
+    os.kill(child.pid, signal.SIGTTOU)
+    time.sleep(0.3)  # a retirement would have begun within milliseconds
+    [last] = worker_pids(child.pid)
+    assert first[last][0] == 0 and child.ask_pid()[:2] == (last, 0)
+    os.kill(child.pid, signal.SIGTERM)
+    assert child.report()["returned"]
+    assert child.wait() == 0
+    log = child.stderr()
+    assert re.findall(r"workers: (\d+ -> \d+)", log) == [
+        "2 -> 3", "3 -> 2", "2 -> 1"]
+    assert f"worker 2 (pid {added}) exited" in log
+    assert "exited with status" not in log  # every worker exited 0
+
+
+# Run in a fresh process: a session of its own whose controlling terminal
+# is a pseudo-terminal, and in it a foreground and a background job.
+_JOB_CONTROL = r"""
+import json, os, pty, signal, socketserver, sys
+import fastsock
+from fastsock._supervisor import Supervisor
+
+def takes_resize_signals():
+    server = fastsock.TCPServer(("127.0.0.1", 0),
+                                socketserver.BaseRequestHandler)
+    server.workers = 2
+    supervisor = Supervisor(server)
+    try:
+        supervisor._install_signal_handlers()
+        return [signal.getsignal(signal.SIGTTIN) != signal.SIG_DFL,
+                signal.getsignal(signal.SIGTTOU) != signal.SIG_DFL]
+    finally:
+        supervisor._restore_signal_handlers()
+        supervisor.close()
+        server.server_close()
+
+master, slave = pty.openpty()
+os.setsid()
+terminal = os.open(os.ttyname(slave), os.O_RDWR)  # the controlling one
+os.dup2(terminal, 0)
+report = os.pipe()
+job = os.fork()
+if job == 0:
+    os.setpgid(0, 0)  # a job of its own: not the terminal's foreground
+    os.write(report[1], json.dumps(takes_resize_signals()).encode())
+    os._exit(0)
+os.waitpid(job, 0)
+print(json.dumps({"foreground": takes_resize_signals(),
+                  "background": json.loads(os.read(report[0], 100))}))
+"""
+
+
+def test_a_background_job_of_its_terminal_leaves_sigttin_and_sigttou(
+        engine, tmp_path):
+    """There the terminal sends them for job control: the supervisor takes
+    them over only where it is not such a job."""
+    env = child_env(engine)
+    proc = subprocess.run([sys.executable, "-c", _JOB_CONTROL], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          timeout=TIMEOUT * 4,
+                          preexec_fn=DEFAULT_SIGNAL_ACTIONS)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout) == {"foreground": [True, True],
+                                       "background": [False, False]}
+
+
 def test_workers_exit_when_the_supervisor_is_killed(server):
     child = server(workers=2)
     pids = set(distinct_workers(child, 2))
