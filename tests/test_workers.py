@@ -465,7 +465,7 @@ print(json.dumps({"foreground": takes_resize_signals(),
 
 
 def test_a_background_job_of_its_terminal_leaves_sigttin_and_sigttou(
-        engine, tmp_path):
+        engine):
     """There the terminal sends them for job control: the supervisor takes
     them over only where it is not such a job."""
     env = child_env(engine)
